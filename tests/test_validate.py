@@ -1,0 +1,166 @@
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import tone, write_audio
+
+from tts_lib.manifest import Item
+from tts_lib.tokenizer import FishTokenizer
+from tts_lib.validate import ValidationConfig, invalid_indices, validate_items
+
+
+def item(path, text="Hyvää huomenta kaikille", speaker="a", id=None):
+    return Item(id=id or path.stem, audio=str(path), text=text, speaker=speaker)
+
+
+def codes_of(report, item_id):
+    return {p.code for p in report.problems if p.item_id == item_id}
+
+
+def messages(report, code):
+    return [p.message for p in report.problems if p.code == code]
+
+
+def test_clean_items_have_no_problems(tmp_path):
+    items = [item(write_audio(tmp_path / f"{k}.wav", 1.5, seed=k)) for k in range(3)]
+    report = validate_items(items)
+    assert report.problems == []
+    assert report.summary["readable_items"] == 3
+    assert items[0].duration == pytest.approx(1.5, abs=1e-3)  # filled from the audio
+
+
+@pytest.mark.parametrize(
+    "make, code, fragment",
+    [
+        (lambda p: None, "missing_audio", "not found"),
+        (
+            lambda p: p.write_bytes(b"RIFF\x00\x00garbage" * 10),
+            "unreadable_audio",
+            "not a readable audio file",
+        ),
+        (lambda p: sf.write(p, np.zeros(0, np.float32), 44100), "empty_audio", "zero samples"),
+    ],
+)
+def test_audio_errors(tmp_path, make, code, fragment):
+    path = tmp_path / "x.wav"
+    make(path)
+    report = validate_items([item(path)])
+    assert [p.code for p in report.errors] == [code]
+    assert fragment in report.errors[0].message
+    assert report.errors[0].path == str(path)
+    assert invalid_indices(report.item_problems) == [0]
+
+
+def test_text_errors(tmp_path):
+    items = [
+        item(write_audio(tmp_path / "a.wav", seed=1), text="   \t"),
+        item(write_audio(tmp_path / "b.wav", seed=2), text="Hyv\ufffd\ufffd p\u00e4iv\u00e4\u00e4"),
+    ]
+    report = validate_items(items)
+    assert codes_of(report, "a") == {"empty_text"}
+    assert codes_of(report, "b") == {"text_not_utf8"}
+    assert "not valid UTF-8" in messages(report, "text_not_utf8")[0]
+
+
+def test_duplicate_id_flags_only_the_later_copy(tmp_path):
+    a = write_audio(tmp_path / "a.wav", seed=1)
+    b = write_audio(tmp_path / "b.wav", seed=2)
+    report = validate_items([item(a, id="same"), item(b, id="same")])
+    [problem] = report.errors
+    assert problem.code == "duplicate_id" and problem.path == str(b) and str(a) in problem.message
+    assert invalid_indices(report.item_problems) == [1]
+
+
+def test_warnings(tmp_path):
+    cases = {
+        "short": (write_audio(tmp_path / "short.wav", 0.2), "Moi", "too_short"),
+        "long": (write_audio(tmp_path / "long.wav", 2.5, seed=1), "Hyvää huomenta kaikille " * 2, "too_long"),
+        "lowsr": (
+            write_audio(tmp_path / "lowsr.wav", 1.5, sr=16000, seed=2),
+            "Hyvää huomenta",
+            "low_sample_rate",
+        ),
+        "stereo": (
+            write_audio(tmp_path / "stereo.wav", 1.5, channels=2, seed=3),
+            "Hyvää huomenta",
+            "multichannel",
+        ),
+        "quiet": (
+            write_audio(tmp_path / "quiet.wav", 1.5, amplitude=1e-4, seed=4),
+            "Hyvää huomenta",
+            "near_silence",
+        ),
+        "mismatch": (
+            write_audio(tmp_path / "mismatch.wav", 1.0, seed=5),
+            "sana " * 40,
+            "text_audio_mismatch",
+        ),
+    }
+    clipped = tmp_path / "clipped.wav"
+    sf.write(clipped, np.clip(tone(1.5, amplitude=3.0), -1, 1), 44100, subtype="FLOAT")
+    cases["clipped"] = (clipped, "Hyvää huomenta", "clipping")
+    items = [item(path, text, id=name) for name, (path, text, _) in cases.items()]
+    report = validate_items(items, ValidationConfig(max_duration=2.0))
+    assert report.errors == []
+    for name, (_, _, code) in cases.items():
+        assert codes_of(report, name) == {code}, name
+    assert "0.20 s is shorter than 0.3 s" in messages(report, "too_short")[0]
+    assert "16000 Hz is below the model's 44100 Hz" in messages(report, "low_sample_rate")[0]
+    assert "2 channels" in messages(report, "multichannel")[0]
+    assert "characters per second" in messages(report, "text_audio_mismatch")[0]
+    assert invalid_indices(report.item_problems) == []  # warnings alone drop nothing
+    assert invalid_indices(report.item_problems, also_drop=("too_long",)) == [1]
+
+
+def test_duplicate_audio_is_found_across_formats(tmp_path):
+    x = (tone(1.2) * 32767).astype(np.int16)  # the same PCM in two containers
+    sf.write(tmp_path / "a.wav", x, 44100, subtype="PCM_16")
+    sf.write(tmp_path / "b.flac", x, 44100, subtype="PCM_16")
+    report = validate_items([item(tmp_path / "a.wav"), item(tmp_path / "b.flac")])
+    [problem] = report.warnings
+    assert problem.code == "duplicate_audio" and problem.item_id == "b" and "a.wav" in problem.message
+
+
+def test_headers_only_skips_content_checks(tmp_path):
+    quiet = write_audio(tmp_path / "quiet.wav", 1.5, amplitude=1e-4)
+    report = validate_items([item(quiet)], ValidationConfig(decode=False))
+    assert report.problems == []
+
+
+def test_tokenizer_coverage_warns_per_script(tmp_path, tokenizer_dir):
+    encoder = FishTokenizer.from_dir(tokenizer_dir)
+    items = [
+        item(write_audio(tmp_path / "fi.wav", 1.5, seed=1), "hyvää huomenta"),
+        item(write_audio(tmp_path / "am.wav", 1.5, seed=2), "ሰላም ነው", speaker="b"),
+    ]
+    report = validate_items(items, encoder=encoder)
+    [problem] = messages(report, "tokenizer_coverage")
+    assert problem.startswith("ETHIOPIC script: 3.00 tokens per character")
+    ratios = report.summary["tokens_per_char_by_script"]
+    assert ratios["ETHIOPIC"] == 3.0 and ratios["LATIN"] < 1.0
+
+
+def test_summary(tmp_path):
+    items = [
+        item(write_audio(tmp_path / "a1.wav", 3.0, seed=1), speaker="a"),
+        item(write_audio(tmp_path / "a2.wav", 0.5, seed=2), speaker="a"),
+        item(write_audio(tmp_path / "b1.wav", 12.0, sr=22050, seed=3), "sana " * 30, speaker="b"),
+    ]
+    s = validate_items(items).summary
+    assert s["items"] == 3 and s["speakers"] == 2
+    assert s["minutes_per_speaker"] == {"b": 0.2, "a": pytest.approx(3.5 / 60, abs=0.01)}
+    assert s["total_hours"] == pytest.approx(15.5 / 3600, abs=1e-4)
+    assert s["sample_rates"] == {22050: 1, 44100: 2}
+    assert s["duration_histogram"]["0-1s"] == 1
+    assert s["duration_histogram"]["2-5s"] == 1
+    assert s["duration_histogram"]["10-15s"] == 1
+    json.dumps(s)  # the --json output must serialise
+
+
+def test_process_pool_gives_the_same_report(tmp_path):
+    items = [item(write_audio(tmp_path / f"{k}.wav", 0.35, seed=k % 60), "Moi") for k in range(70)]
+    serial = validate_items([Item(**vars(i)) for i in items], ValidationConfig(workers=1))
+    pooled = validate_items(items, ValidationConfig(workers=2))
+    assert [vars(p) for p in pooled.problems] == [vars(p) for p in serial.problems]
+    assert {p.code for p in pooled.problems} == {"duplicate_audio"}  # seeds repeat after 60

@@ -1,0 +1,147 @@
+"""Command line: python -m tts_lib {demo,ingest,validate,bench} ... (run with -h for the options)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tts_lib import demo, padding_bench
+from tts_lib.ingest import FORMATS, ingest
+from tts_lib.manifest import read_manifest, write_manifest
+from tts_lib.split import SplitConfig, assign_splits
+from tts_lib.validate import ValidationConfig, validate_items
+from tts_lib.validation_report import format_report, report_json, write_cleaned
+
+
+def add_ingest_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="dataset folder or file (Fish Speech layout, LJSpeech, CSV, JSONL, parquet)")
+    p.add_argument("--format", choices=FORMATS, help="skip auto-detection")
+    p.add_argument("--text-column", help="parquet: column holding the transcript")
+    p.add_argument("--speaker-column", help="parquet: column holding the speaker")
+    p.add_argument("--audio-column", help="parquet: column holding the audio struct")
+    p.add_argument("--cache-dir", help="parquet: where audio is extracted (default ~/.cache/tts_lib)")
+
+
+def ingest_options(args: argparse.Namespace) -> dict:
+    return dict(
+        fmt=args.format,
+        text_column=args.text_column,
+        speaker_column=args.speaker_column,
+        audio_column=args.audio_column,
+        cache_dir=args.cache_dir,
+    )
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    previous = {}
+    if out.exists():
+        if not (args.update or args.overwrite):
+            print(
+                f"error: {out} exists; pass --update to add new items and keep every existing split "
+                "assignment, or --overwrite to start over",
+                file=sys.stderr,
+            )
+            return 2
+        if args.update:
+            previous = {item.id: item.split for item in read_manifest(out) if item.split}
+    result = ingest(args.path, **ingest_options(args))
+    split = assign_splits(result.items, SplitConfig(args.val_fraction, max_val_items=args.max_val_items), previous)
+    write_manifest(out, result.items)
+    print(f"{len(result.items)} items from {result.source} ({result.format}) -> {out}")
+    print(f"split: {split.kept} kept, {split.new_train} new train, {split.new_val} new val")
+    for note in split.notes:
+        print(f"note: {note}")
+    for p in result.problems:
+        print(f"{p.severity} {p.code}: {p.path}: {p.message}")
+    print(f"next: python -m tts_lib validate {out}")
+    return 1 if any(p.severity == "error" for p in result.problems) else 0
+
+
+def add_validation_options(p: argparse.ArgumentParser) -> None:
+    d = ValidationConfig()
+    p.add_argument("--sample-rate", type=int, default=d.sample_rate, help="the model's sample rate (Hz)")
+    p.add_argument("--min-duration", type=float, default=d.min_duration, help="seconds")
+    p.add_argument("--max-duration", type=float, default=d.max_duration, help="seconds")
+    p.add_argument("--no-decode", action="store_true", help="headers only: skip clipping/silence/duplicates")
+    p.add_argument("--workers", type=int, default=0, help="decoding processes (0 = one per core)")
+    p.add_argument("--tokenizer", help="checkpoint folder with tokenizer.tiktoken: report coverage per script")
+
+
+def validation_config(args: argparse.Namespace) -> ValidationConfig:
+    return ValidationConfig(
+        sample_rate=args.sample_rate,
+        min_duration=args.min_duration,
+        max_duration=args.max_duration,
+        decode=not args.no_decode,
+        workers=args.workers,
+    )
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    encoder = None
+    if args.tokenizer:
+        from tts_lib.tokenizer import FishTokenizer
+
+        encoder = FishTokenizer.from_dir(args.tokenizer)
+    result = ingest(args.path, **ingest_options(args))
+    report = validate_items(
+        result.items,
+        validation_config(args),
+        encoder,
+        source=str(result.source),
+        fmt=result.format,
+        earlier_problems=result.problems,
+    )
+    print(report_json(report) if args.json else format_report(report))
+    if args.drop_invalid:
+        also = tuple(c for c in args.also_drop.split(",") if c)
+        out, dropped, n = write_cleaned(report, args.drop_invalid, also, overwrite=args.overwrite)
+        print(f"cleaned manifest: {out} ({len(report.items) - n} items kept)", file=sys.stderr)
+        print(f"dropped: {n}, listed with reasons in {dropped}", file=sys.stderr)
+        return 0
+    return 1 if report.errors else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m tts_lib", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="the offline demo: prepare data/demo and show what training would see")
+    p.add_argument("--data", default="data/demo", help="dataset to use")
+    p.add_argument("--out", default="runs/demo", help="run folder")
+    p.set_defaults(func=demo.run)
+
+    p = sub.add_parser("ingest", help="turn a dataset in any supported format into a manifest (JSONL)")
+    add_ingest_options(p)
+    p.add_argument("--out", required=True, help="manifest to write (.jsonl)")
+    p.add_argument("--update", action="store_true", help="manifest exists: add new items, keep splits")
+    p.add_argument("--overwrite", action="store_true", help="manifest exists: replace it")
+    p.add_argument("--val-fraction", type=float, default=SplitConfig.val_fraction)
+    p.add_argument("--max-val-items", type=int, default=SplitConfig.max_val_items)
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("validate", help="check every item and summarise the dataset")
+    add_ingest_options(p)
+    add_validation_options(p)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--drop-invalid", metavar="CLEAN.jsonl", help="write a manifest without the bad items")
+    p.add_argument("--also-drop", default="", help="warning codes to drop too, e.g. too_long,too_short")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --drop-invalid output")
+    p.set_defaults(func=cmd_validate)
+
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
+    p = bench.add_parser("padding", help="padding efficiency of bucketed vs random batches")
+    padding_bench.add_arguments(p)
+    p.set_defaults(func=padding_bench.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

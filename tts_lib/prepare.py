@@ -1,0 +1,51 @@
+"""Prepare a dataset for training: ingest, held-out split, validation, manifest on disk.
+
+The one path the demo, the notebook and the trainer take, so they all see the same data. The run
+folder gets `manifest.jsonl` (every item, with its split) and `validation.json` (the report).
+Re-preparing into the same folder keeps every earlier split assignment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tts_lib.fileio import atomic_write_json
+from tts_lib.ingest import ingest
+from tts_lib.manifest import read_manifest, write_manifest
+from tts_lib.split import SplitConfig, SplitSummary, assign_splits
+from tts_lib.text_coverage import Encoder
+from tts_lib.validate import ValidationConfig, ValidationReport, validate_items
+
+
+@dataclass
+class PreparedData:
+    manifest: Path  # every item with its split
+    report: ValidationReport
+    split: SplitSummary
+
+
+def prepare_dataset(
+    source: str | Path,
+    out_dir: str | Path,
+    validation: ValidationConfig | None = None,
+    split: SplitConfig | None = None,
+    encoder: Encoder | None = None,
+    **ingest_options,
+) -> PreparedData:
+    out_dir = Path(out_dir)
+    manifest = out_dir / "manifest.jsonl"
+    result = ingest(source, **ingest_options)
+    previous = {i.id: i.split for i in read_manifest(manifest) if i.split} if manifest.exists() else {}
+    split_summary = assign_splits(result.items, split, previous)
+    report = validate_items(
+        result.items,
+        validation,
+        encoder,
+        source=str(result.source),
+        fmt=result.format,
+        earlier_problems=result.problems,
+    )
+    write_manifest(manifest, result.items)
+    atomic_write_json(out_dir / "validation.json", report.to_json())
+    return PreparedData(manifest, report, split_summary)
