@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 from conftest import tone, write_audio
 
-from tts_lib.ingest import FORMATS, ingest
+from tts_lib.ingest import ingest
 from tts_lib.manifest import Item, write_manifest
 
 SR = 16000
@@ -189,12 +189,13 @@ def test_csv_pipe_with_speakers(tmp_path):
 
 def test_csv_comma_quoting_bom_and_bad_bytes(tmp_path):
     root = tmp_path / "ds"
-    for k in range(4):
+    for k in range(5):
         wav(root / f"{k}.wav", seed=k)
     path = root / "list.csv"
     path.write_bytes(
         b"\xef\xbb\xbfaudio_file,text,language\n"
         b'0.wav,"Well, he said ""no"", then left",fi\n'
+        b'4.wav,"a quoted record\nover two lines",fi\n'
         b"1.wav,plain text,fi\n"
         b"2.wav,only two\n"
         b"3.wav,p\xe4iv\xe4\xe4,fi\n"
@@ -203,16 +204,17 @@ def test_csv_comma_quoting_bom_and_bad_bytes(tmp_path):
     assert result.format == "csv"
     assert [(i.id, i.text, i.speaker) for i in result.items] == [
         ("0", 'Well, he said "no", then left', "ds"),
+        ("4", "a quoted record\nover two lines", "ds"),
         ("1", "plain text", "ds"),
         ("3", "p\ufffdiv\ufffd\ufffd", "ds"),
     ]
     found = codes(result)
     assert found == [("error", "malformed_row"), ("error", "text_not_utf8"), ("warning", "ignored_fields")]
     assert by_code(result, "malformed_row")[0].message == (
-        "line 4: expected 3 fields (audio_file,text,language), found 2"
+        "line 6: expected 3 fields (audio_file,text,language), found 2"
     )
     (bad,) = by_code(result, "text_not_utf8")
-    assert bad.item_id == "3" and bad.message.startswith("line 5, byte 7") and bad.path == str(path)
+    assert bad.item_id == "3" and bad.message.startswith("line 7, byte 7") and bad.path == str(path)
     assert "language" in by_code(result, "ignored_fields")[0].message
 
 
@@ -365,6 +367,7 @@ def test_parquet_text_column_detection_and_choice(tmp_path):
 def test_detection_failure_names_everything_looked_for(tmp_path):
     wav(tmp_path / "lonely.wav")
     (tmp_path / "notes.csv").write_text("a,b\n1,2\n")
+    write_shard(tmp_path / ".cache" / "old.parquet", [{"bytes": b"", "path": "x.wav"}], {"text": ["t"]})
     with pytest.raises(ValueError) as e:
         ingest(tmp_path)
     message = str(e.value)
@@ -395,7 +398,3 @@ def test_missing_path_and_wrong_format(tmp_path):
     with pytest.raises(ValueError, match="more than one dataset format: ljspeech .* fish"):
         ingest(root)
     assert ingest(root, "fish").format == "fish"
-
-
-def test_formats_listed():
-    assert FORMATS == ("fish", "ljspeech", "csv", "jsonl", "parquet")

@@ -17,7 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tts_lib.audio import AUDIO_EXTENSIONS, AudioError, audio_info
-from tts_lib.ingest_tables import csv_header, not_utf8, read_csv, read_jsonl, read_ljspeech, read_text_file
+from tts_lib.ingest_tables import (
+    csv_header,
+    first_line,
+    is_hidden,
+    not_utf8,
+    read_csv,
+    read_jsonl,
+    read_ljspeech,
+    read_text_file,
+)
 from tts_lib.manifest import Item, Problem
 
 FORMATS = ("fish", "ljspeech", "csv", "jsonl", "parquet")
@@ -161,7 +170,7 @@ def detect_format(source: Path) -> str:
     jsonl = [f.name for f in sorted(source.glob("*.jsonl"))]
     if jsonl:
         found.append(("jsonl", ", ".join(jsonl)))
-    parquet = next(source.rglob("*.parquet"), None)
+    parquet = next((p for p in source.rglob("*.parquet") if not is_hidden(p.relative_to(source))), None)
     if parquet is not None:
         found.append(("parquet", parquet.relative_to(source).as_posix() + " ..."))
     audio, labs = scan_fish(source, stop_at_first=True)
@@ -193,11 +202,7 @@ def detect_file_format(file: Path) -> str:
         if is_coqui_csv(file):
             return "csv"
         columns = csv_header(file)
-        if (
-            columns is not None
-            and len(columns) in (2, 3)
-            and "|" in open(file, "rb").readline().decode("utf-8", errors="replace")
-        ):
+        if columns is not None and len(columns) in (2, 3) and "|" in first_line(file):
             return "ljspeech"
         raise ValueError(
             f"{file}: not a Coqui CSV (no header with audio_file and text columns) and not LJSpeech "

@@ -21,7 +21,7 @@ import soundfile as sf
 
 from tts_lib.audio import AUDIO_EXTENSIONS
 from tts_lib.fileio import atomic_write_bytes
-from tts_lib.ingest_tables import decode, malformed, not_utf8
+from tts_lib.ingest_tables import decode, is_hidden, malformed, not_utf8
 from tts_lib.manifest import Item, Problem
 
 TEXT_COLUMNS = ("text", "transcription", "sentence", "normalized_text", "transcript", "raw_text")
@@ -37,15 +37,10 @@ def default_cache_dir() -> Path:
 def find_shards(source: Path) -> list[Path]:
     if source.is_file():
         return [source]
-    # Hidden folders (.cache, .git) hold copies or partial downloads, not the dataset.
     shards = [p for p in sorted(source.rglob("*.parquet")) if not is_hidden(p.relative_to(source))]
     if not shards:
         raise ValueError(f"{source}: no *.parquet file in it or in its subfolders")
     return shards
-
-
-def is_hidden(relative: Path) -> bool:
-    return any(part.startswith(".") for part in relative.parts)
 
 
 def describe(schema: pa.Schema) -> str:

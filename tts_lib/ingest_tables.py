@@ -63,6 +63,11 @@ def id_from_path(audio: Path, folder: Path) -> str:
     return audio.with_suffix("").as_posix()
 
 
+def is_hidden(relative: Path) -> bool:
+    """Inside a hidden folder (.cache, .git, .ipynb_checkpoints): copies or partial downloads, not data."""
+    return any(part.startswith(".") for part in relative.parts)
+
+
 def resolve(folder: Path, relative: str) -> Path:
     return Path(os.path.normpath(folder / relative))
 
@@ -96,14 +101,17 @@ def read_ljspeech(file: Path) -> tuple[list[Item], list[Problem]]:
 # --- Coqui / XTTS CSV ----------------------------------------------------------------------------
 
 
-def csv_header(path: Path) -> list[str] | None:
-    """The first row's column names (pipe- or comma-separated), or None for an empty/unreadable file."""
+def first_line(path: Path) -> str:
     try:
         with open(path, "rb") as f:
-            first = f.readline()
+            return decode(f.readline())[0].removeprefix("\ufeff").strip()
     except OSError:
-        return None
-    line = decode(first)[0].removeprefix("\ufeff").strip()
+        return ""
+
+
+def csv_header(path: Path) -> list[str] | None:
+    """The first row's column names (pipe- or comma-separated), or None for an empty/unreadable file."""
+    line = first_line(path)
     if not line:
         return None
     fields = line.split("|") if "|" in line else next(csv.reader([line]))

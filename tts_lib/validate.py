@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from tts_lib.audio import AudioError, audio_info, read_audio
+from tts_lib.ingest import ingest
 from tts_lib.manifest import Item, Problem
 from tts_lib.text_coverage import Encoder, coverage_by_script
 
@@ -286,8 +287,6 @@ def validate_path(
     **ingest_options,
 ) -> ValidationReport:
     """Ingest `path` in any supported format, then validate it."""
-    from tts_lib.ingest import ingest
-
     result = ingest(path, **ingest_options)
     return validate_items(
         result.items,

@@ -1,0 +1,107 @@
+"""The command line as a user runs it: python -m tts_lib ..."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import write_audio
+
+from tts_lib.cli import main
+from tts_lib.manifest import read_manifest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def fish_dataset(root: Path, speakers=("anna", "ben"), per_speaker=6) -> Path:
+    for n, s in enumerate(speakers):
+        for k in range(per_speaker):
+            write_audio(root / s / f"{s}_{k}.wav", 1.0 + 0.1 * k, seed=1000 * n + k)
+            (root / s / f"{s}_{k}.lab").write_text(f"Lause numero {k} puhujalta {s}.", encoding="utf-8")
+    return root
+
+
+def test_ingest_writes_a_split_manifest_and_never_overwrites(tmp_path, capsys):
+    data = fish_dataset(tmp_path / "data")
+    out = tmp_path / "manifest.jsonl"
+    assert main(["ingest", str(data), "--out", str(out)]) == 0
+    items = read_manifest(out)
+    assert len(items) == 12 and {i.split for i in items} == {"train", "val"}
+    assert "12 items" in capsys.readouterr().out
+
+    before = out.read_bytes()
+    assert main(["ingest", str(data), "--out", str(out)]) == 2
+    assert "--update" in capsys.readouterr().err and out.read_bytes() == before
+
+
+def test_ingest_update_keeps_every_split(tmp_path):
+    data = fish_dataset(tmp_path / "data", per_speaker=4)
+    out = tmp_path / "manifest.jsonl"
+    main(["ingest", str(data), "--out", str(out)])
+    before = {i.id: i.split for i in read_manifest(out)}
+    fish_dataset(tmp_path / "data", speakers=("anna", "ben", "cid"), per_speaker=30)  # more data
+    assert main(["ingest", str(data), "--out", str(out), "--update"]) == 0
+    after = {i.id: i.split for i in read_manifest(out)}
+    assert len(after) == 90 and all(after[k] == v for k, v in before.items())
+
+
+def test_validate_exit_status_and_json(tmp_path, capsys):
+    data = fish_dataset(tmp_path / "data")
+    assert main(["validate", str(data)]) == 0
+    assert "Result: OK: no errors" in capsys.readouterr().out
+
+    (data / "anna" / "anna_0.wav").write_bytes(b"broken")
+    (data / "ben" / "ben_1.lab").write_text("  ")
+    assert main(["validate", str(data), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is False
+    assert sorted(p["code"] for p in report["problems"]) == ["empty_text", "unreadable_audio"]
+
+
+def test_validate_drop_invalid(tmp_path, capsys):
+    data = fish_dataset(tmp_path / "data")
+    (data / "ben" / "ben_1.lab").write_text("")
+    clean = tmp_path / "clean.jsonl"
+    assert main(["validate", str(data), "--drop-invalid", str(clean)]) == 0
+    assert len(read_manifest(clean)) == 11
+    dropped = [json.loads(line) for line in (tmp_path / "clean.dropped.jsonl").read_text().splitlines()]
+    assert [d["item"]["id"] for d in dropped] == ["ben/ben_1"]
+    assert main(["validate", str(data), "--drop-invalid", str(clean)]) == 2  # exists: refused
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_missing_path_is_one_clear_error(tmp_path, capsys):
+    assert main(["validate", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "nope" in err and "Traceback" not in err
+
+
+def test_module_entry_point_runs_the_padding_bench():
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tts_lib",
+            "bench",
+            "padding",
+            "--durations",
+            str(ROOT / "benchmarks" / "durations_ljspeech_like.txt"),
+            "--epochs",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    last = result.stdout.strip().splitlines()[-1]
+    bucketed, random = (float(part.split("=")[1]) for part in last.split())
+    assert last.startswith("bucketed_efficiency=") and bucketed >= 0.95 > random
+
+
+def test_demo_prepares_the_bundled_data(tmp_path, capsys):
+    assert main(["demo", "--data", str(ROOT / "data" / "demo"), "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "Problems: 0 errors" in out and "Batch plan:" in out
+    items = read_manifest(tmp_path / "run" / "manifest.jsonl")
+    assert len(items) == 35 and sum(i.split == "val" for i in items) >= 3
