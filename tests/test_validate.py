@@ -6,7 +6,7 @@ import soundfile as sf
 from conftest import tone, write_audio
 
 from tts_lib.manifest import Item
-from tts_lib.tokenizer import FishTokenizer
+from tts_lib.models.fish_speech.tokenizer import FishTokenizer
 from tts_lib.validate import ValidationConfig, invalid_indices, validate_items
 
 

@@ -82,7 +82,7 @@ def validation_config(args: argparse.Namespace) -> ValidationConfig:
 def cmd_validate(args: argparse.Namespace) -> int:
     encoder = None
     if args.tokenizer:
-        from tts_lib.tokenizer import FishTokenizer
+        from tts_lib.models.fish_speech.tokenizer import FishTokenizer
 
         encoder = FishTokenizer.from_dir(args.tokenizer)
     result = ingest(args.path, **ingest_options(args))

@@ -43,6 +43,11 @@ def atomic_write_lines(path: str | os.PathLike, lines: Iterable[str]) -> Path:
     return atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 
+def default_cache_dir() -> Path:
+    """Where derived data (extracted audio, codes) goes: $TTS_LIB_CACHE or ~/.cache/tts_lib."""
+    return Path(os.environ.get("TTS_LIB_CACHE") or Path.home() / ".cache" / "tts_lib").expanduser()
+
+
 def refuse_overwrite(path: str | os.PathLike, flag: str = "--overwrite") -> None:
     """Raise if `path` exists: user outputs are never replaced unless they asked for it."""
     if Path(path).exists():

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import soundfile as sf
 
 from tts_lib.audio import AUDIO_EXTENSIONS
-from tts_lib.fileio import atomic_write_bytes
+from tts_lib.fileio import atomic_write_bytes, default_cache_dir
 from tts_lib.ingest_tables import decode, is_hidden, malformed, not_utf8
 from tts_lib.manifest import Item, Problem
 
@@ -28,10 +28,6 @@ TEXT_COLUMNS = ("text", "transcription", "sentence", "normalized_text", "transcr
 SPEAKER_COLUMNS = ("speaker", "speaker_id", "client_id", "speaker_name")
 SNIFFED_SUFFIX = {"WAV": ".wav", "WAVEX": ".wav", "FLAC": ".flac", "OGG": ".ogg", "MP3": ".mp3"}
 BATCH_ROWS = 64  # rows decoded at a time: a shard's audio never has to fit in memory at once
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("TTS_LIB_CACHE") or Path.home() / ".cache" / "tts_lib").expanduser()
 
 
 def find_shards(source: Path) -> list[Path]:

@@ -1,0 +1,112 @@
+import shutil
+
+import numpy as np
+import pytest
+from conftest import write_audio
+
+from tts_lib.codes_cache import CodecSpec, extract_codes
+from tts_lib.manifest import Item
+
+HOP = 2048
+
+
+class FrameEnergyCodec:
+    """A deterministic stand-in for a codec: each 2048-sample frame's RMS, quantised, in 2 rows.
+    It is a real function of the audio, so wrong caching (stale or mixed-up codes) shows."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, waves):
+        self.calls += 1
+        out = []
+        for w in waves:
+            frames = -(-len(w) // HOP)
+            padded = np.pad(w, (0, frames * HOP - len(w))).reshape(frames, HOP)
+            level = np.minimum((np.sqrt((padded**2).mean(1)) * 1000).astype(np.int64), 4095)
+            out.append(np.stack([level, level % 7]))
+        return out
+
+
+def spec(codec, checkpoint_hash="a" * 64):
+    return CodecSpec(codec, sample_rate=44100, num_codebooks=2, frame_rate=44100 / HOP, checkpoint_hash=checkpoint_hash)
+
+
+def items_in(folder, n, start=0):
+    return [
+        Item(
+            f"s/{k}",
+            str(write_audio(folder / f"{k}.wav", 0.5 + 0.1 * k, amplitude=0.05 * (k + 1), seed=k)),
+            "t",
+            "s",
+            duration=0.5 + 0.1 * k,
+        )
+        for k in range(start, start + n)
+    ]
+
+
+def test_encodes_once_then_reads_the_cache(tmp_path, capsys):
+    codec = FrameEnergyCodec()
+    items = items_in(tmp_path / "audio", 5)
+    first = extract_codes(items, spec(codec), tmp_path / "cache", batch_size=2)
+    assert (first.encoded, first.cached, codec.calls) == (5, 0, 3)
+    codes = [np.load(i.codes) for i in items]
+    assert codes[0].shape == (2, 11) and codes[4].shape == (2, 20)  # ceil(0.5 s * 21.5), ceil(0.9 s * 21.5)
+    assert len({c[0].sum() for c in codes}) == 5  # each clip got its own codes
+    assert "codes: 5/5 encoded" in capsys.readouterr().out
+
+    again = [Item(**{**vars(i), "codes": None}) for i in items]
+    second = extract_codes(again, spec(codec), tmp_path / "cache")
+    assert (second.encoded, second.cached, codec.calls) == (0, 5, 3)
+    assert [i.codes for i in again] == [i.codes for i in items]
+
+
+def test_only_new_or_changed_audio_is_encoded(tmp_path):
+    codec = FrameEnergyCodec()
+    items = items_in(tmp_path / "audio", 3)
+    extract_codes(items, spec(codec), tmp_path / "cache")
+    shutil.move(items[0].audio, tmp_path / "renamed.wav")  # same content, new name: still cached
+    items[0].audio = str(tmp_path / "renamed.wav")
+    more = items + items_in(tmp_path / "audio", 2, start=3)
+    summary = extract_codes(more, spec(codec), tmp_path / "cache")
+    assert (summary.encoded, summary.cached) == (2, 3)
+    other_codec = extract_codes(more, spec(codec, checkpoint_hash="b" * 64), tmp_path / "cache")
+    assert other_codec.encoded == 5  # other weights: nothing reused
+
+
+def test_upstream_npy_beside_the_audio_is_reused_when_it_fits(tmp_path):
+    codec = FrameEnergyCodec()
+    good, bad = items_in(tmp_path / "audio", 2)
+    np.save(tmp_path / "audio" / "0.npy", np.zeros((2, 11), dtype=np.int64))
+    np.save(tmp_path / "audio" / "1.npy", np.zeros((8, 13), dtype=np.int64))  # another codec's layout
+    good.codes, bad.codes = str(tmp_path / "audio" / "0.npy"), str(tmp_path / "audio" / "1.npy")
+    summary = extract_codes([good, bad], spec(codec), tmp_path / "cache")
+    assert (summary.reused_upstream, summary.encoded) == (1, 1)
+    assert good.codes == str(tmp_path / "audio" / "0.npy") and "cache" in bad.codes
+
+
+def test_unreadable_audio_is_reported_not_dropped(tmp_path):
+    items = items_in(tmp_path / "audio", 2)
+    (tmp_path / "audio" / "1.wav").write_bytes(b"garbage" * 100)
+    summary = extract_codes(items, spec(FrameEnergyCodec()), tmp_path / "cache")
+    assert summary.encoded == 1 and [f[0] for f in summary.failed] == ["s/1"]
+    assert items[1].codes is None and "1.wav" in summary.failed[0][1]
+
+
+def test_a_killed_run_resumes_where_it_stopped(tmp_path):
+    class Dies(FrameEnergyCodec):
+        def __call__(self, waves):
+            if self.calls == 2:
+                raise KeyboardInterrupt  # as if the process were stopped mid-extraction
+            return super().__call__(waves)
+
+    items = items_in(tmp_path / "audio", 6)
+    with pytest.raises(KeyboardInterrupt):
+        extract_codes(items, spec(Dies()), tmp_path / "cache", batch_size=2)
+    written = sorted((tmp_path / "cache").rglob("*"))
+    assert len([p for p in written if p.suffix == ".npy"]) == 4
+    assert not [p for p in written if p.name.endswith(".tmp")]
+    fresh = [Item(**{**vars(i), "codes": None}) for i in items]
+    codec = FrameEnergyCodec()
+    summary = extract_codes(fresh, spec(codec), tmp_path / "cache", batch_size=2)
+    assert (summary.cached, summary.encoded, codec.calls) == (4, 2, 1)
