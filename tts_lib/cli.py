@@ -104,6 +104,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 1 if report.errors else 0
 
 
+def cmd_make_tiny_model(args: argparse.Namespace) -> int:
+    from tts_lib.models.fish_speech.tiny import make_tiny_checkpoint  # imports torch: only when asked
+
+    out = make_tiny_checkpoint(args.out_dir, seed=args.seed, overwrite=args.overwrite)
+    print(f"tiny-demo checkpoint written to {out} (random weights: it generates noise)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tts_lib", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -130,6 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--also-drop", default="", help="warning codes to drop too, e.g. too_long,too_short")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --drop-invalid output")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("make-tiny-model", help="write the tiny-demo checkpoint folder (random weights)")
+    p.add_argument("out_dir", help="folder to write (upstream layout)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace the files of an existing folder")
+    p.set_defaults(func=cmd_make_tiny_model)
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
     p = bench.add_parser("padding", help="padding efficiency of bucketed vs random batches")

@@ -1,3 +1,44 @@
-"""Model families tts_lib can fine-tune. Each family is a subpackage with the same small surface:
-load a checkpoint folder, turn audio into training targets (codes), build training sequences and
-their loss components, generate, and save in the family's own upstream layout."""
+"""Model families tts_lib can fine-tune, behind one small interface.
+
+A family loads a checkpoint folder, turns audio into training targets (codes), builds and batches
+training sequences, computes loss components, generates, and saves in its own upstream layout.
+The trainer, the data layer and the notebooks use only this surface, so a second family (VoxCPM,
+XTTS v2, IndexTTS2) plugs in without touching them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class ModelFamily(Protocol):
+    name: str
+    folder: Path
+
+    def load_model(self, device: Any = "cpu", dtype: Any = None) -> Any: ...
+    def codec_spec(self, device: Any = "cpu") -> Any: ...  # tts_lib.codes_cache.CodecSpec
+    def build_sample(self, text: str, codes: Any) -> Any: ...
+    def collate(self, samples: list[Any]) -> dict[str, Any]: ...
+    def loss_parts(self, model: Any, batch: dict[str, Any]) -> Any: ...  # sums and counts
+    def generate(self, model: Any, text: str, references: Any = (), **sampling: Any) -> Any: ...
+    def save(self, model: Any, out: str | Path) -> Path: ...
+
+
+def load_family(folder: str | Path) -> ModelFamily:
+    """The family of the checkpoint folder `folder`, from its config.json."""
+    folder = Path(folder)
+    config = folder / "config.json"
+    if not config.is_file():
+        has = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else "no such folder"
+        raise FileNotFoundError(f"{config} not found: a checkpoint folder has config.json; {folder} has {has}")
+    model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    if model_type == "dual_ar":
+        from tts_lib.models.fish_speech.family import FishSpeechFamily
+
+        return FishSpeechFamily(folder)
+    raise ValueError(
+        f"{config}: model_type {model_type!r} is not supported; tts_lib supports 'dual_ar' "
+        "(Fish Speech: OpenAudio S1-mini, fish-speech-1.5)"
+    )

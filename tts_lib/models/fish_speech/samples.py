@@ -4,11 +4,11 @@ One utterance becomes one sequence, never cut in half:
 
     <|interleave|> <|speaker:0|> TEXT  SEM_1 ... SEM_F  <|im_end|>
 
-which is what upstream's inference (`ContentSequence(modality="interleave")` with one speaker turn)
-feeds the model before it generates the semantic tokens; training on that layout means the model
-is trained on what inference will show it. (Upstream's fine-tuning script uses a different,
-chat-style prompt; we follow inference, which is where the fine-tuned model is used.) Row 0 holds
-token ids, rows 1..num_codebooks hold the frame's codes at semantic positions and 0 elsewhere.
+The prefix is built by `generate.build_prompt`, the very function generation uses, followed by the
+frames generation would produce: the model is trained on exactly what inference shows it.
+(Upstream's fine-tuning script uses a different, chat-style prompt; we follow inference, which
+is where the fine-tuned model is used.) Row 0 holds token ids, rows 1..num_codebooks hold the
+frame's codes at semantic positions and 0 elsewhere.
 
 Supervised: every semantic token and the `<|im_end|>` after them (slow head), and every codebook of
 every frame (fast head). Everything else is label -100.
@@ -21,10 +21,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from tts_lib.models.fish_speech.tokenizer import IM_END, INTERLEAVE, FishTokenizer
+from tts_lib.models.fish_speech.generate import build_prompt
+from tts_lib.models.fish_speech.tokenizer import IM_END, FishTokenizer
 
 IGNORE = -100
-SPEAKER_TURN = "<|speaker:0|>"
 
 
 @dataclass
@@ -32,15 +32,6 @@ class Sample:
     tokens: Tensor  # (1 + num_codebooks, T) long: the model's input, already shifted
     labels: Tensor  # (T,) long: next token id at supervised positions, IGNORE elsewhere
     codes: Tensor  # (num_codebooks, T) long: next frame's codes where labels is semantic, 0 elsewhere
-
-
-def special_or_text(tokenizer: FishTokenizer, text: str) -> list[int]:
-    """A control string as upstream encodes it: its special id if it is one, else BPE pieces."""
-    return [tokenizer.special_tokens[text]] if text in tokenizer.special_tokens else tokenizer.encode(text)
-
-
-def prompt_prefix(tokenizer: FishTokenizer) -> list[int]:
-    return special_or_text(tokenizer, INTERLEAVE) + special_or_text(tokenizer, SPEAKER_TURN)
 
 
 def build_sample(tokenizer: FishTokenizer, text: str, codes: Tensor) -> Sample:
@@ -54,17 +45,16 @@ def build_sample(tokenizer: FishTokenizer, text: str, codes: Tensor) -> Sample:
             f"codes range {int(codes.min())}..{int(codes.max())} does not fit the tokenizer's "
             f"{len(tokenizer.semantic_ids)} semantic tokens: codes from another codec?"
         )
-    text_ids = prompt_prefix(tokenizer) + tokenizer.encode(text)
-    ids = torch.tensor(text_ids + [0] * frames + [tokenizer.special_tokens[IM_END]], dtype=torch.long)
-    ids[len(text_ids) : len(text_ids) + frames] = codes[0].long() + semantic_begin
-    rows = torch.zeros(num_codebooks, len(ids), dtype=torch.long)
-    rows[:, len(text_ids) : len(text_ids) + frames] = codes.long()
-    full = torch.cat([ids[None], rows])  # (1 + num_codebooks, T + 1)
+    prompt = build_prompt(tokenizer, text, num_codebooks=num_codebooks)  # (1 + nc, P)
+    frame_rows = torch.cat([codes[:1].long() + semantic_begin, codes.long()])  # (1 + nc, F)
+    end = torch.zeros(1 + num_codebooks, 1, dtype=torch.long)
+    end[0, 0] = tokenizer.special_tokens[IM_END]
+    full = torch.cat([prompt, frame_rows, end], dim=1)  # (1 + nc, P + F + 1)
 
-    labels = torch.full((len(ids),), IGNORE, dtype=torch.long)
-    labels[len(text_ids) :] = ids[len(text_ids) :]  # the semantic tokens and the end token
+    labels = torch.full((full.shape[1],), IGNORE, dtype=torch.long)
+    labels[prompt.shape[1] :] = full[0, prompt.shape[1] :]  # the semantic tokens and the end token
     # Next-token prediction: position t's output is scored against token t + 1.
-    return Sample(tokens=full[:, :-1], labels=labels[1:], codes=rows[:, 1:])
+    return Sample(tokens=full[:, :-1], labels=labels[1:], codes=full[1:, 1:])
 
 
 def collate(samples: list[Sample]) -> dict[str, Tensor]:

@@ -1,0 +1,78 @@
+"""The whole Fish Speech path on the tiny-demo checkpoint: audio -> codes -> samples -> loss ->
+a training step -> save in upstream layout -> reload -> generate -> audio."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tts_lib.codes_cache import extract_codes
+from tts_lib.ingest import ingest
+from tts_lib.models import load_family
+from tts_lib.models.fish_speech.tiny import make_tiny_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+UPSTREAM_FILES = {"config.json", "model.pth", "tokenizer.tiktoken", "special_tokens.json", "codec.pth"}
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "tiny-demo", seed=0)
+
+
+def test_tiny_checkpoint_is_in_upstream_layout_and_reproducible(tiny_dir, tmp_path):
+    assert UPSTREAM_FILES <= {p.name for p in tiny_dir.iterdir()}
+    again = make_tiny_checkpoint(tmp_path / "again", seed=0)
+    for name in UPSTREAM_FILES - {"model.pth", "codec.pth"}:
+        assert (again / name).read_bytes() == (tiny_dir / name).read_bytes()
+    a, b = (torch.load(d / "model.pth", weights_only=True) for d in (tiny_dir, again))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        make_tiny_checkpoint(tiny_dir)
+
+
+def test_unsupported_model_type_is_named(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "s2_pro"}')
+    with pytest.raises(ValueError, match="model_type 's2_pro' is not supported.*dual_ar"):
+        load_family(tmp_path)
+
+
+def test_demo_audio_trains_saves_reloads_and_generates(tiny_dir, tmp_path):
+    family = load_family(tiny_dir)
+    items = [i for i in ingest(ROOT / "data" / "demo").items if i.speaker == "fi_female"][:3]
+    summary = extract_codes(items, family.codec_spec(), tmp_path / "codes")
+    assert summary.encoded == 3 and not summary.failed
+    codes = [torch.from_numpy(np.load(i.codes)).long() for i in items]
+    assert codes[0].shape[0] == family.config.num_codebooks
+    assert abs(codes[0].shape[1] - items[0].duration * 44100 / 2048) <= 1
+
+    model = family.load_model()
+    batch = family.collate([family.build_sample(i.text, c) for i, c in zip(items, codes)])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(3):
+        loss = family.loss_parts(model, batch).loss()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+    out = family.save(model, tmp_path / "finetuned")
+    assert UPSTREAM_FILES <= {p.name for p in out.iterdir()}
+    reloaded = load_family(out)
+    model.eval()
+    again = reloaded.load_model().eval()
+    with torch.no_grad():
+        assert torch.equal(model.slow_logits(batch["tokens"]), again.slow_logits(batch["tokens"]))
+
+    first = reloaded.generate(again, "Hyvää huomenta", max_new_tokens=12, seed=3)
+    second = reloaded.generate(
+        again, "Hyvää huomenta", max_new_tokens=12, seed=3, references=[(items[0].text, codes[0])]
+    )
+    assert first.shape[0] == family.config.num_codebooks and 0 < first.shape[1] <= 12
+    assert torch.equal(first, reloaded.generate(again, "Hyvää huomenta", max_new_tokens=12, seed=3))
+    assert second.shape[0] == family.config.num_codebooks
+    wave = reloaded.codec().decode(first)
+    assert wave.shape == (first.shape[1] * 2048,) and torch.isfinite(wave).all()

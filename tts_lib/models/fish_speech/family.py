@@ -1,0 +1,87 @@
+"""The Fish Speech family behind the small interface the rest of tts_lib uses (`tts_lib.models`):
+load a checkpoint folder, turn audio into training targets, build and batch training sequences,
+compute loss components, generate, and save in upstream's layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from tts_lib.codes_cache import CodecSpec, checkpoint_hash
+from tts_lib.fileio import atomic_copy
+from tts_lib.models.fish_speech.codec import FishCodec
+from tts_lib.models.fish_speech.config import CONFIG_FILE, FishSpeechConfig
+from tts_lib.models.fish_speech.generate import build_prompt, generate
+from tts_lib.models.fish_speech.lm import FishSpeechLM
+from tts_lib.models.fish_speech.loss import LossParts, loss_parts
+from tts_lib.models.fish_speech.samples import Sample, build_sample, collate
+from tts_lib.models.fish_speech.tokenizer import IM_END, FishTokenizer
+
+CODEC_FILE = "codec.pth"
+# Files an export copies from the base folder unchanged (codec.pth too: upstream's merge forgets it).
+PASSTHROUGH_FILES = ("tokenizer.tiktoken", "special_tokens.json", CODEC_FILE, "codec_config.json")
+
+
+class FishSpeechFamily:
+    name = "fish_speech"
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.config = FishSpeechConfig.from_file(self.folder / CONFIG_FILE)
+        self.tokenizer = FishTokenizer.from_dir(self.folder)
+        self._codec: FishCodec | None = None
+
+    def load_model(self, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> FishSpeechLM:
+        return FishSpeechLM.from_pretrained(self.folder, device=device, dtype=dtype)
+
+    def codec(self, device: str | torch.device = "cpu") -> FishCodec:
+        if self._codec is None:
+            self._codec = FishCodec.from_pretrained(self.folder / CODEC_FILE, device=device)
+        return self._codec
+
+    def codec_spec(self, device: str | torch.device = "cpu") -> CodecSpec:
+        """What the codes cache needs: a batch encoder and the codec's identity."""
+        codec = self.codec(device)
+
+        def encode_batch(waves: list[np.ndarray]) -> list[np.ndarray]:
+            codes, lengths = codec.encode_batch([torch.from_numpy(w).to(device) for w in waves])
+            return [c[:, :n].cpu().numpy() for c, n in zip(codes, lengths.tolist())]
+
+        return CodecSpec(
+            encode_batch=encode_batch,
+            sample_rate=codec.sample_rate,
+            num_codebooks=codec.num_codebooks,
+            frame_rate=codec.sample_rate / codec.frame_length,
+            checkpoint_hash=checkpoint_hash(self.folder / CODEC_FILE),
+        )
+
+    def build_sample(self, text: str, codes: Tensor) -> Sample:
+        return build_sample(self.tokenizer, text, codes)
+
+    collate = staticmethod(collate)
+
+    @staticmethod
+    def loss_parts(model: FishSpeechLM, batch: dict[str, Tensor]) -> LossParts:
+        return loss_parts(model, batch)
+
+    def generate(
+        self, model: FishSpeechLM, text: str, references: tuple[tuple[str, Tensor], ...] = (), **sampling
+    ) -> Tensor:
+        """Text (and optional reference (transcript, codes) pairs) -> codes (num_codebooks, F)."""
+        prompt = build_prompt(self.tokenizer, text, num_codebooks=self.config.num_codebooks, references=references)
+        residual = self.codec().config.residual_codebook_size if (self.folder / CODEC_FILE).exists() else None
+        sampling.setdefault("max_new_tokens", self.config.max_seq_len - prompt.shape[1])
+        return generate(
+            model, prompt, im_end_id=self.tokenizer.token_id(IM_END), residual_codebook_size=residual, **sampling
+        )
+
+    def save(self, model: FishSpeechLM, out: str | Path) -> Path:
+        """A complete checkpoint folder in upstream's layout: the model plus the base's other files."""
+        out = Path(model.save_pretrained(out))
+        for name in PASSTHROUGH_FILES:
+            if (self.folder / name).is_file() and not (out / name).exists():
+                atomic_copy(self.folder / name, out / name)
+        return out
