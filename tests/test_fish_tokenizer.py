@@ -63,3 +63,17 @@ def test_bad_rank_line(tokenizer_dir):
         f.write("aGk= notanumber\n")
     with pytest.raises(ValueError, match=r"tokenizer.tiktoken:\d+: expected"):
         FishTokenizer.from_dir(tokenizer_dir)
+
+
+def test_same_ids_as_upstream(tokenizer_dir, tmp_path):
+    from upstream import upstream_fish_speech
+
+    theirs = upstream_fish_speech().tokenizer.FishTokenizer.from_pretrained(str(tokenizer_dir))
+    ours = FishTokenizer.from_dir(tokenizer_dir)
+    for text in ("hello world, hyvää päivää!", "ሰላም ነው 123", "it's 3.14 — 'quoted'\n  spaces  "):
+        assert ours.encode(text) == theirs.encode(text, allowed_special=False)
+    assert ours.special_tokens == theirs.all_special_tokens_with_ids
+    assert (ours.semantic_ids[0], ours.semantic_ids[-1]) == (theirs.semantic_begin_id, theirs.semantic_end_id)
+    theirs.save_pretrained(str(tmp_path / "theirs"))
+    ours.save_pretrained(tmp_path / "ours")
+    assert FishTokenizer.from_dir(tmp_path / "theirs").special_tokens == ours.special_tokens
