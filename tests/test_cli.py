@@ -102,6 +102,8 @@ def test_module_entry_point_runs_the_padding_bench():
 def test_demo_prepares_the_bundled_data(tmp_path, capsys):
     assert main(["demo", "--data", str(ROOT / "data" / "demo"), "--out", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
-    assert "Problems: 0 errors" in out and "Batch plan:" in out
+    assert "Problems: 0 errors" in out and "Batch plan:" in out and "Codes: 35 encoded" in out
+    assert "First batch" in out
     items = read_manifest(tmp_path / "run" / "manifest.jsonl")
     assert len(items) == 35 and sum(i.split == "val" for i in items) >= 3
+    assert all(Path(i.codes).is_file() for i in items)
