@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from conftest import write_tokenizer_dir
 from test_fish_config import S1_MINI
 
+from tts_lib.models.fish_speech import lm
 from tts_lib.models.fish_speech.checkpoint import (
     check_tokenizer,
     load_state_dict_file,
@@ -48,6 +49,15 @@ def test_shapes():
     assert model.slow_logits(batch()).dtype == torch.float32
     fast = model.fast_logits(hidden[:, 3:-1].reshape(-1, 64), batch()[:, 1:, 4:].transpose(1, 2).reshape(-1, 4))
     assert fast.shape == (16, 4, 32)
+
+
+def test_fast_logits_in_chunks(monkeypatch):
+    model = tiny().eval()
+    hidden, codes = torch.randn(7, 64), torch.randint(0, 32, (7, 4))
+    with torch.no_grad():
+        whole = model.fast_logits(hidden, codes)
+        monkeypatch.setattr(lm, "FAST_CHUNK", 3)
+        assert torch.allclose(model.fast_logits(hidden, codes), whole, atol=1e-6)
 
 
 def test_s1_mini_parameter_names_and_count():

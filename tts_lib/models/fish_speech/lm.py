@@ -31,6 +31,11 @@ from tts_lib.models.fish_speech.checkpoint import (
 )
 from tts_lib.models.fish_speech.config import CONFIG_FILE, FishSpeechConfig
 from tts_lib.models.fish_speech.layers import Block, BlockShape, KVCache, RMSNorm, rope_table
+from tts_lib.models.fish_speech.tokenizer import FishTokenizer
+
+# The fast transformer's batch is every frame of the batch. CUDA's fused attention kernels fail for a
+# batch of 2**16 or more (pytorch/pytorch#146704), so more frames than this run in chunks.
+FAST_CHUNK = 32768
 
 
 @dataclass
@@ -43,16 +48,32 @@ class Caches:
 
 def slow_shape(c: FishSpeechConfig) -> BlockShape:
     return BlockShape(
-        c.dim, c.n_head, c.n_local_heads, c.head_dim, c.intermediate_size,
-        c.attention_qkv_bias, c.attention_o_bias, c.attention_qk_norm, c.norm_eps, c.dropout,
-    )  # fmt: skip
+        dim=c.dim,
+        n_head=c.n_head,
+        n_local_heads=c.n_local_heads,
+        head_dim=c.head_dim,
+        intermediate_size=c.intermediate_size,
+        qkv_bias=c.attention_qkv_bias,
+        o_bias=c.attention_o_bias,
+        qk_norm=c.attention_qk_norm,
+        norm_eps=c.norm_eps,
+        dropout=c.dropout,
+    )
 
 
 def fast_shape(c: FishSpeechConfig) -> BlockShape:
     return BlockShape(
-        c.fast_dim, c.fast_n_head, c.fast_n_local_heads, c.fast_head_dim, c.fast_intermediate_size,
-        c.fast_attention_qkv_bias, c.fast_attention_o_bias, c.fast_attention_qk_norm, c.norm_eps, c.dropout,
-    )  # fmt: skip
+        dim=c.fast_dim,
+        n_head=c.fast_n_head,
+        n_local_heads=c.fast_n_local_heads,
+        head_dim=c.fast_head_dim,
+        intermediate_size=c.fast_intermediate_size,
+        qkv_bias=c.fast_attention_qkv_bias,
+        o_bias=c.fast_attention_o_bias,
+        qk_norm=c.fast_attention_qk_norm,
+        norm_eps=c.norm_eps,
+        dropout=c.dropout,
+    )
 
 
 class FishSpeechLM(nn.Module):
@@ -163,6 +184,9 @@ class FishSpeechLM(nn.Module):
         just before the frame's semantic token); codes (N, num_codebooks): the frame's codes. Input
         position 0 is the projected hidden state, position k the embedding of codes[:, k - 1]; output
         k predicts codes[:, k]."""
+        if hidden.shape[0] > FAST_CHUNK:
+            parts = zip(hidden.split(FAST_CHUNK), codes.split(FAST_CHUNK))
+            return torch.cat([self.fast_logits(h, c) for h, c in parts])
         first = self.fast_project_in(hidden)[:, None]  # (N, 1, fast_dim)
         previous = self.fast_embeddings(codes[:, :-1].long())  # (N, nc - 1, fast_dim)
         x = torch.cat([first, previous.to(first.dtype)], dim=1)  # (N, nc, fast_dim)
@@ -223,8 +247,6 @@ class FishSpeechLM(nn.Module):
         check_checkpoint_folder(folder)
         config = FishSpeechConfig.from_file(folder / CONFIG_FILE)
         if semantic_begin_id is None:
-            from tts_lib.models.fish_speech.tokenizer import FishTokenizer
-
             tokenizer = FishTokenizer.from_dir(folder)
             check_tokenizer(config, tokenizer)
             semantic_begin_id = tokenizer.semantic_ids[0]
