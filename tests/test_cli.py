@@ -107,3 +107,16 @@ def test_demo_prepares_the_bundled_data(tmp_path, capsys):
     items = read_manifest(tmp_path / "run" / "manifest.jsonl")
     assert len(items) == 35 and sum(i.split == "val" for i in items) >= 3
     assert all(Path(i.codes).is_file() for i in items)
+
+
+def test_extract_codes_records_codes_in_the_manifest(tmp_path, capsys):
+    data = fish_dataset(tmp_path / "data", per_speaker=2)
+    manifest = tmp_path / "manifest.jsonl"
+    main(["ingest", str(data), "--out", str(manifest)])
+    assert main(["make-tiny-model", str(tmp_path / "tiny")]) == 0
+    args = ["extract-codes", str(manifest), "--model", str(tmp_path / "tiny"), "--cache-dir", str(tmp_path / "c")]
+    assert main(args) == 0
+    items = read_manifest(manifest)
+    assert all(Path(i.codes).is_file() for i in items)
+    assert main(args) == 0
+    assert "0 encoded, 4 cached" in capsys.readouterr().out

@@ -104,6 +104,34 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 1 if report.errors else 0
 
 
+def cmd_extract_codes(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm.auto import tqdm
+
+    from tts_lib.codes_cache import extract_codes
+    from tts_lib.models import load_family
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    items = read_manifest(args.manifest)
+    family = load_family(args.model)
+    with tqdm(total=len(items), desc="codes", unit="clip", disable=not sys.stderr.isatty()) as bar:
+        summary = extract_codes(
+            items,
+            family.codec_spec(device),
+            args.cache_dir,
+            batch_size=args.batch_size,
+            progress=lambda done, total: bar.update(done - bar.n),
+        )
+    write_manifest(args.manifest, items)
+    print(
+        f"{summary.encoded} encoded, {summary.cached} cached, {summary.reused_upstream} upstream .npy reused, "
+        f"{len(summary.failed)} failed ({summary.seconds:.1f} s); codes recorded in {args.manifest}"
+    )
+    for item_id, reason in summary.failed:
+        print(f"failed {item_id}: {reason}", file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
 def cmd_make_tiny_model(args: argparse.Namespace) -> int:
     from tts_lib.models.fish_speech.tiny import make_tiny_checkpoint  # imports torch: only when asked
 
@@ -138,6 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--also-drop", default="", help="warning codes to drop too, e.g. too_long,too_short")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --drop-invalid output")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("extract-codes", help="encode a manifest's audio to codec codes (cached)")
+    p.add_argument("manifest", help="manifest (.jsonl) written by ingest; its codes paths are updated")
+    p.add_argument("--model", required=True, help="checkpoint folder with codec.pth")
+    p.add_argument("--cache-dir", help="default: $TTS_LIB_CACHE/codes or ~/.cache/tts_lib/codes")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto", help="cuda when a GPU is there, else cpu")
+    p.set_defaults(func=cmd_extract_codes)
 
     p = sub.add_parser("make-tiny-model", help="write the tiny-demo checkpoint folder (random weights)")
     p.add_argument("out_dir", help="folder to write (upstream layout)")
