@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from tts_lib.fileio import atomic_write_with
 from tts_lib.models.fish_speech.config import CONFIG_FILE, FishSpeechConfig
 
 MODEL_FILE = "model.pth"
@@ -92,17 +92,7 @@ def save_state_dict_file(state: Mapping[str, Tensor], path: str | os.PathLike) -
         k: v.detach().clone() if v.untyped_storage().nbytes() != v.numel() * v.element_size() else v.detach()
         for k, v in state.items()
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(plain, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_with(path, lambda f: torch.save(plain, f))
 
 
 # ---- LoRA (loralib layout) ------------------------------------------------------------------

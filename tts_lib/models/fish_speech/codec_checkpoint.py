@@ -7,15 +7,14 @@ wrong file. We accept the same wrappers but check strictly, and say what is wron
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
+from tts_lib.fileio import atomic_write_with
 from tts_lib.models.fish_speech.codec_transformer import CodecTransformer
 
 if TYPE_CHECKING:
@@ -112,12 +111,4 @@ def save_codec(model: FishCodec, path: Path) -> Path:
         path = path / CODEC_FILENAME
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_with(path, lambda f: torch.save(state, f))
