@@ -132,6 +132,16 @@ def cmd_extract_codes(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from tts_lib.config_io import apply_overrides, load_config
+    from tts_lib.train import train
+    from tts_lib.train_config import TrainConfig
+
+    config = apply_overrides(load_config(TrainConfig, args.config), args.set or [])
+    result = train(config)
+    return 3 if result.interrupted else 0
+
+
 def cmd_make_tiny_model(args: argparse.Namespace) -> int:
     from tts_lib.models.fish_speech.tiny import make_tiny_checkpoint  # imports torch: only when asked
 
@@ -174,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto", help="cuda when a GPU is there, else cpu")
     p.set_defaults(func=cmd_extract_codes)
+
+    p = sub.add_parser("train", help="fine-tune: the training loop (resumes from the run folder's latest checkpoint)")
+    p.add_argument("--config", required=True, help="YAML file of TrainConfig fields (tts_lib/train_config.py)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. optim.lr=1e-5")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("make-tiny-model", help="write the tiny-demo checkpoint folder (random weights)")
     p.add_argument("out_dir", help="folder to write (upstream layout)")

@@ -55,3 +55,11 @@ def loss_parts(model: FishSpeechLM, batch: dict[str, Tensor]) -> LossParts:
     return LossParts(
         slow_sum, int(target.numel()), fast_sum, int(frame_codes.numel()), top1, top5_hits, int(is_frame.sum())
     )
+
+
+def supervised_counts(model: FishSpeechLM, batch: dict[str, Tensor]) -> tuple[int, int]:
+    """(slow positions, fast codes) a batch supervises: known before the forward pass, so the
+    loss of every micro-batch of an update can be divided by the update's totals."""
+    labels = batch["labels"]
+    frames = int(((labels >= model.semantic_begin_id) & (labels <= model.semantic_end_id)).sum())
+    return int((labels != IGNORE).sum()), frames * model.config.num_codebooks

@@ -1,0 +1,150 @@
+"""The training loop on tiny-demo: resume to the bit after SIGKILL, clean stop on SIGTERM,
+non-finite updates, refused resumes."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tts_lib.codes_cache import extract_codes
+from tts_lib.config_io import save_config
+from tts_lib.ingest import ingest
+from tts_lib.manifest import read_manifest, write_manifest
+from tts_lib.models import load_family
+from tts_lib.models.fish_speech.tiny import make_tiny_checkpoint
+from tts_lib.split import assign_splits
+from tts_lib.train import train
+from tts_lib.train_config import TrainConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """tiny-demo plus a 12-clip manifest of the demo data with codes."""
+    root = tmp_path_factory.mktemp("train")
+    base = make_tiny_checkpoint(root / "tiny-demo")
+    items = [i for i in ingest(ROOT / "data" / "demo").items if i.speaker.startswith("fi")][::2][:12]
+    assign_splits(items)
+    extract_codes(items, load_family(base).codec_spec(), root / "codes")
+    write_manifest(root / "manifest.jsonl", items)
+    return base, root / "manifest.jsonl"
+
+
+def config(prepared, run_dir, **over) -> TrainConfig:
+    base, manifest = prepared
+    fields = dict(base_model=str(base), manifest=str(manifest), run_dir=str(run_dir), max_steps=24, max_tokens=256,
+                  val_every=6, save_every=3, log_every_seconds=60.0)  # fmt: skip
+    config = TrainConfig(**{**fields, **over})
+    config.optim.lr = 1e-3
+    config.schedule.warmup_steps = 2
+    return config
+
+
+def run_cli(config_path: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tts_lib", "train", "--config", str(config_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)  # fmt: skip
+
+
+def latest_step(run_dir: Path) -> int:
+    try:
+        return json.loads((run_dir / "checkpoints" / "latest.json").read_text())["step"]
+    except (OSError, ValueError):
+        return 0
+
+
+def wait_for_step(proc: subprocess.Popen, run_dir: Path, step: int) -> None:
+    deadline = time.monotonic() + 120
+    while latest_step(run_dir) < step:
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_ends_bit_identical(prepared, tmp_path):
+    straight = train(config(prepared, tmp_path / "straight"))
+    assert straight.step == 24 and straight.final_model is not None
+
+    cfg = config(prepared, tmp_path / "killed")
+    save_config(cfg, tmp_path / "killed.yaml")
+    proc = run_cli(tmp_path / "killed.yaml")
+    wait_for_step(proc, tmp_path / "killed", 7)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = latest_step(tmp_path / "killed")
+    assert killed_at < 24, "the run finished before it could be killed"
+    resumed = run_cli(tmp_path / "killed.yaml")
+    out = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, out
+    assert f"at step {killed_at}" in out
+
+    for name in ("checkpoints/step_00000024/trainable.safetensors",):
+        a, b = load_file(tmp_path / "straight" / name), load_file(tmp_path / "killed" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    a, b = (
+        torch.load(d / "final" / "model.pth", weights_only=True) for d in (tmp_path / "straight", tmp_path / "killed")
+    )
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the EMA weights too
+    steps = [json.loads(line)["step"] for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 25))  # redone steps are logged once
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_exits_cleanly(prepared, tmp_path):
+    cfg = config(prepared, tmp_path / "run", max_steps=500, save_every=1000, val_every=0)
+    save_config(cfg, tmp_path / "run.yaml")
+    proc = run_cli(tmp_path / "run.yaml")
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "run" / "metrics.jsonl").exists() or not (tmp_path / "run" / "metrics.jsonl").read_text():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 3 and "stopped by a signal" in out
+    logged = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert latest_step(tmp_path / "run") == logged[-1] < 500
+
+
+def test_non_finite_updates_are_skipped_then_stop_the_run(prepared, tmp_path, monkeypatch, capsys):
+    import tts_lib.train as train_module
+
+    real = train_module.load_family
+
+    def poisoned(folder):
+        family = real(folder)
+        original = family.loss_parts
+
+        def loss_parts(model, batch):
+            parts = original(model, batch)
+            parts.slow_sum = parts.slow_sum * float("nan")
+            return parts
+
+        family.loss_parts = loss_parts
+        return family
+
+    monkeypatch.setattr(train_module, "load_family", poisoned)
+    with pytest.raises(RuntimeError, match="5 non-finite updates in a row; last good state saved at step 0"):
+        train(config(prepared, tmp_path / "run"))
+    out = capsys.readouterr().out
+    assert out.count("skipped a non-finite update") == 5 and "items ['fi_" in out
+    assert latest_step(tmp_path / "run") == 0 and (tmp_path / "run" / "checkpoints" / "step_00000000").is_dir()
+
+
+def test_resume_refuses_changed_settings_or_data(prepared, tmp_path):
+    train(config(prepared, tmp_path / "run", max_steps=3))
+    with pytest.raises(ValueError, match="max_tokens: saved 256, now 512"):
+        train(config(prepared, tmp_path / "run", max_steps=6, max_tokens=512))
+    base, manifest = prepared
+    items = read_manifest(manifest)
+    items[0].text += " (korjattu)"
+    changed = write_manifest(tmp_path / "changed.jsonl", items)
+    with pytest.raises(ValueError, match="the manifest's items changed"):
+        train(config((base, changed), tmp_path / "run", max_steps=6))
+    assert train(config(prepared, tmp_path / "run", max_steps=6)).step == 6  # same settings: resumes

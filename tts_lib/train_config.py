@@ -1,0 +1,47 @@
+"""The training run's settings, one YAML file: python -m tts_lib train --config run.yaml [--set key=value]
+
+Every field has a default that suits a first fine-tune; the resolved config is saved in the run
+folder and in every checkpoint, and a resume refuses settings that would change what the saved
+batches and weights mean.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from tts_lib.optim import OptimConfig
+from tts_lib.schedules import ScheduleConfig
+
+
+@dataclass
+class TrainConfig:
+    base_model: str = ""  # checkpoint folder in upstream layout (config.json, model.pth, ...)
+    manifest: str = ""  # prepared manifest (prepare_dataset + extract-codes): items with splits and codes
+    run_dir: str = "runs/train"  # checkpoints, metrics.jsonl and the final model go here
+    max_steps: int = 1000  # optimiser steps
+    max_tokens: int = 4096  # padded codec frames per micro-batch (the sampler's budget)
+    max_items: int | None = None  # cap on items per micro-batch; None = only the token budget
+    grad_accum: int = 1  # micro-batches per optimiser step
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 where supported, fp32 on CPU
+    seed: int = 0  # batches, init and sampling all follow from it
+    val_every: int = 100  # steps between validations (0 = never)
+    save_every: int = 100  # steps between checkpoints (and at the end)
+    keep_last: int = 3  # step checkpoints kept besides the best
+    ema_decay: float | None = 0.999  # None = no EMA; validation and the final model use EMA weights
+    early_stop_patience: int | None = None  # validations without improvement before stopping; None = off
+    early_stop_min_delta: float = 0.0  # an improvement must beat the best by this much
+    max_bad_steps: int = 5  # consecutive non-finite updates before the run stops
+    log_every_seconds: float = 5.0  # plain progress lines at most this often
+    gradient_checkpointing: bool = False  # less memory, about 30% more compute
+    device: str = "auto"  # auto: cuda if available, else cpu
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 1 or self.grad_accum < 1 or self.max_tokens < 1:
+            raise ValueError("max_steps, grad_accum and max_tokens must be at least 1")
+
+
+# Settings that change which batches a step sees or what the saved weights are: a resume refuses them.
+RESUME_FIXED = ("base_model", "max_tokens", "max_items", "grad_accum", "seed")
