@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from tts_lib import checkpoints as ckpt
+from tts_lib import distributed
 from tts_lib.config_io import config_to_dict, save_config
 from tts_lib.ema import EMA
 from tts_lib.manifest import read_manifest
@@ -126,8 +127,12 @@ def train(config: TrainConfig, on_metrics: Callable[[dict], None] | None = None)
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
     )
+    info = distributed.setup(device.type)  # one process, or one of torchrun's
+    if device.type == "cuda" and info.enabled:
+        device = torch.device("cuda", info.local_rank)
+    say = print if info.is_main else (lambda *args, **kwargs: None)  # only rank 0 talks and writes
     amp_dtype, why = choose_precision(config.precision, device)
-    print(f"device {device}, precision: {why}")
+    say(f"device {device} x {info.world_size} process(es), precision: {why}")
 
     def autocast():
         return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
@@ -143,7 +148,12 @@ def train(config: TrainConfig, on_metrics: Callable[[dict], None] | None = None)
     val_samples = load_samples(family, [i for i in items if i.split == "val"])
     train_samples = load_samples(family, train_items)
     sampler = LengthBucketedBatchSampler(
-        [s.tokens.shape[1] for s in train_samples], config.max_tokens, config.max_items, seed=config.seed
+        [s.tokens.shape[1] for s in train_samples],
+        config.max_tokens,
+        config.max_items,
+        seed=config.seed,
+        rank=info.rank,
+        world_size=info.world_size,
     )
     model = family.load_model(device=device, dtype=torch.float32)  # trainable weights stay fp32
     model.gradient_checkpointing = config.gradient_checkpointing
@@ -175,11 +185,14 @@ def train(config: TrainConfig, on_metrics: Callable[[dict], None] | None = None)
         step, epoch, position = state[ckpt.STEP], sampler.epoch, sampler.position
         best, bad_validations = state[ckpt.BEST_METRIC], state[ckpt.EARLY_STOP]["bad_validations"]
         ckpt.set_rng_state(state[ckpt.RNG])
-        print(f"resumed from {latest} at step {step}")
-    save_config(config, run_dir / "config.yaml")
-    log = MetricsLog(run_dir, step, config.log_every_seconds, on_metrics)
+        say(f"resumed from {latest} at step {step}")
+    if info.is_main:
+        save_config(config, run_dir / "config.yaml")
+        log = MetricsLog(run_dir, step, config.log_every_seconds, on_metrics)
 
     def save() -> None:
+        if not info.is_main:
+            return
         sampler.set_epoch(epoch)
         ckpt.save_checkpoint(run_dir, step, {
             ckpt.MODEL: ckpt.trainable_state(model), ckpt.OPTIMIZER: optimizer.state_dict(),
@@ -201,16 +214,20 @@ def train(config: TrainConfig, on_metrics: Callable[[dict], None] | None = None)
 
     # ---- the loop ---------------------------------------------------------------------------
     stop = StopFlag()
-    stopped_early = False
+    stopped_early = interrupted = False
     try:
-        while step < config.max_steps and not stop.requested and not stopped_early:
+        while step < config.max_steps and not stopped_early:
+            # Every process must agree to stop at the same update, or the others wait forever.
+            interrupted = distributed.all_sum(info, float(stop.requested))[0] > 0
+            if interrupted:
+                break
             started = time.monotonic()
             micro = [next_batch() for _ in range(config.grad_accum)]
             batches = [
                 {k: v.to(device) for k, v in family.collate([train_samples[i] for i in m]).items()} for m in micro
             ]
-            slow_total = sum(supervised_counts(model, b)[0] for b in batches)
-            fast_total = sum(supervised_counts(model, b)[1] for b in batches)
+            counts = [supervised_counts(model, b) for b in batches]
+            slow_total, fast_total = distributed.all_sum(info, sum(c[0] for c in counts), sum(c[1] for c in counts))
             loss_value = 0.0
             for batch in batches:
                 with autocast():
@@ -218,13 +235,15 @@ def train(config: TrainConfig, on_metrics: Callable[[dict], None] | None = None)
                     loss = parts.loss(slow_total, fast_total)  # per supervised token of the whole update
                 scaler.scale(loss).backward()
                 loss_value += loss.item()
+            loss_value = distributed.all_sum(info, loss_value)[0]
+            distributed.all_reduce_grads(info, model)  # once per update, never per micro-batch
             scaler.unscale_(optimizer)
             grad_norm = clip_gradients(model.parameters(), config.optim.max_grad_norm)
             if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
                 bad_steps += 1
                 ids = [train_items[i].id for m in micro for i in m]
-                print(f"skipped a non-finite update ({bad_steps} in a row): loss {loss_value}, grad norm "
-                      f"{grad_norm}, items {ids}", flush=True)  # fmt: skip
+                say(f"skipped a non-finite update ({bad_steps} in a row): loss {loss_value}, grad norm "
+                    f"{grad_norm}, items {ids}", flush=True)  # fmt: skip
                 optimizer.zero_grad(set_to_none=True)
                 scaler.update()
                 if bad_steps >= config.max_bad_steps:
@@ -246,8 +265,8 @@ def train(config: TrainConfig, on_metrics: Callable[[dict], None] | None = None)
             seconds = time.monotonic() - started
             row = {
                 "step": step, "loss": loss_value, "lr": optimizer.param_groups[0]["lr"], "grad_norm": grad_norm,
-                "tokens_per_s": float(slow_total + fast_total) / seconds,
-                "items_per_s": sum(map(len, micro)) / seconds, "epoch": epoch,
+                "tokens_per_s": (slow_total + fast_total) / seconds,
+                "items_per_s": sum(map(len, micro)) * info.world_size / seconds, "epoch": epoch,
             }  # fmt: skip
             if config.val_every and val_samples and (step % config.val_every == 0 or step == config.max_steps):
                 with ema.swap_into(model) if ema else nullcontext():
@@ -263,20 +282,24 @@ def train(config: TrainConfig, on_metrics: Callable[[dict], None] | None = None)
                     )
                 if improved or stopped_early or step % config.save_every == 0 or step == config.max_steps:
                     save()
-                if improved:
+                if improved and info.is_main:
                     ckpt.mark_best(run_dir, step, best, name="val_codebook_loss")
             elif step % config.save_every == 0 or step == config.max_steps:
                 save()
-            log.write(row, config.max_steps)
-        if stop.requested:
+            if info.is_main:
+                log.write(row, config.max_steps)
+        if interrupted:
             save()
-            print(f"stopped by a signal at step {step}; the checkpoint resumes it", flush=True)
+            say(f"stopped by a signal at step {step}; the checkpoint resumes it", flush=True)
             return TrainResult(step, None, best, interrupted=True)
+
+        # ---- the result ---------------------------------------------------------------------
+        final = None
+        if info.is_main:
+            with ema.swap_into(model) if ema else nullcontext():
+                final = family.save(model, run_dir / "final")
+        say(f"done at step {step}: model in {final}" + (f", best val_codebook_loss {best:.4f}" if best else ""))
+        return TrainResult(step, final, best, stopped_early=stopped_early)
     finally:
         stop.restore()
-
-    # ---- the result -------------------------------------------------------------------------
-    with ema.swap_into(model) if ema else nullcontext():
-        final = family.save(model, run_dir / "final")
-    print(f"done at step {step}: model in {final}" + (f", best val_codebook_loss {best:.4f}" if best else ""))
-    return TrainResult(step, final, best, stopped_early=stopped_early)
+        distributed.cleanup(info)
