@@ -8,7 +8,6 @@ totals, unscale, clip, step (or skip a non-finite update), EMA, log, validate, s
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import time
@@ -31,6 +30,7 @@ from tts_lib.optim import clip_gradients, make_optimizer
 from tts_lib.sampler import LengthBucketedBatchSampler
 from tts_lib.schedules import make_scheduler
 from tts_lib.train_config import RESUME_FIXED, TrainConfig
+from tts_lib.train_log import TrainLog
 
 
 @dataclass
@@ -93,31 +93,6 @@ def evaluate(model, family, samples, max_tokens: int, autocast) -> dict[str, flo
     frames = max(sums["frames"], 1)
     return {"val_loss": slow + fast, "val_slow_loss": slow, "val_codebook_loss": fast,
             "val_top1": sums["top1"] / frames, "val_top5": sums["top5"] / frames}  # fmt: skip
-
-
-class MetricsLog:
-    """metrics.jsonl (every step), plain progress lines at most every few seconds, and a hook."""
-
-    def __init__(self, run_dir: Path, resume_step: int, every: float, hook: Callable[[dict], None] | None):
-        self.path = run_dir / "metrics.jsonl"
-        # Steps after the checkpoint we resume from are redone: drop their old lines.
-        kept = [line for line in self._lines() if json.loads(line).get("step", 0) <= resume_step]
-        self.path.write_text("".join(line + "\n" for line in kept))
-        self.every, self.hook, self.last_print = every, hook, 0.0
-
-    def _lines(self) -> list[str]:
-        return [ln for ln in self.path.read_text().splitlines() if ln.strip()] if self.path.exists() else []
-
-    def write(self, row: dict, total_steps: int) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        if self.hook:
-            self.hook(row)
-        now = time.monotonic()
-        if "val_loss" in row or now - self.last_print >= self.every or row["step"] == total_steps:
-            self.last_print = now
-            shown = " ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "step" and isinstance(v, float))
-            print(f"step {row['step']}/{total_steps} {shown}", flush=True)
 
 
 def train(config: TrainConfig, on_metrics: Callable[[dict], None] | None = None) -> TrainResult:
@@ -188,7 +163,7 @@ def train(config: TrainConfig, on_metrics: Callable[[dict], None] | None = None)
         say(f"resumed from {latest} at step {step}")
     if info.is_main:
         save_config(config, run_dir / "config.yaml")
-        log = MetricsLog(run_dir, step, config.log_every_seconds, on_metrics)
+        log = TrainLog(run_dir, step, config.log_every_seconds, on_metrics)
 
     def save() -> None:
         if not info.is_main:
@@ -302,4 +277,6 @@ def train(config: TrainConfig, on_metrics: Callable[[dict], None] | None = None)
         return TrainResult(step, final, best, stopped_early=stopped_early)
     finally:
         stop.restore()
+        if info.is_main:
+            log.close()
         distributed.cleanup(info)
