@@ -1,0 +1,240 @@
+"""python benchmarks/train_throughput.py [--steps N] [--max-tokens T] [--memory-steps M]
+
+Training throughput of the engine (`tts_lib.train.train`) on CPU, tiny-demo model, all of data/demo:
+
+(a) engine: `train()` with EMA on, no validation, no checkpoints until the end; tokens/s per step
+    from its metrics.jsonl (median) and supervised tokens / wall time between step callbacks.
+(b) plain-random: a bare PyTorch loop (same model, same AdamW, same clipping, same loss) on
+    random batches packed under the same padded-token budget (`padding_bench.random_batches`).
+(c) plain-bucketed: the same bare loop fed the engine's own `LengthBucketedBatchSampler` batches
+    (same seed and budget), so engine vs plain-bucketed isolates the engine's own per-step work
+    (collation bookkeeping, token counting, finiteness checks, scheduler, EMA, metrics logging).
+(d) with --memory-steps M: RSS sampled every 50 steps of an M-step engine run (first vs last).
+
+Ratios use supervised tokens / wall time over the timed steps (warm-up steps excluded), best of
+--rounds interleaved repeats. The last
+line printed is machine-readable: `engine_vs_plain=<engine tokens/s / plain-random tokens/s>`.
+Goals: bucketing >= 1.3x over random batches, engine overhead <= 5%, no memory growth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tts_lib.codes_cache import extract_codes
+from tts_lib.ingest import ingest
+from tts_lib.manifest import read_manifest, write_manifest
+from tts_lib.models import load_family
+from tts_lib.models.fish_speech.loss import supervised_counts
+from tts_lib.models.fish_speech.tiny import make_tiny_checkpoint
+from tts_lib.optim import OptimConfig, clip_gradients, make_optimizer
+from tts_lib.padding_bench import random_batches
+from tts_lib.sampler import LengthBucketedBatchSampler
+from tts_lib.split import assign_splits
+from tts_lib.train import load_samples, train
+from tts_lib.train_config import TrainConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+THREADS = 2  # fixed so runs on different machines (and variants within a run) are comparable
+WARMUP = 5  # steps run before timing starts: first-call allocations and kernel selection
+SEED = 0
+RSS_EVERY = 50
+
+
+@dataclass
+class Throughput:
+    name: str
+    steps: int
+    tokens: int  # supervised tokens over the timed steps
+    seconds: float  # wall time over the timed steps
+    median_step_tokens_per_s: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds
+
+    def line(self) -> str:
+        return (f"{self.name:<15} {self.tokens_per_s:9.1f} tok/s (total {self.tokens} tok / {self.seconds:.2f} s "
+                f"over {self.steps} steps), median step {self.median_step_tokens_per_s:9.1f} tok/s")  # fmt: skip
+
+
+def rss_bytes() -> int:
+    """Current resident set size (not the peak, which resource.getrusage would give)."""
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss
+    except ImportError:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no psutil and no /proc/self/status: cannot read RSS") from None
+
+
+def prepare(work: Path) -> tuple[Path, Path]:
+    """tiny-demo and a manifest of all of data/demo with codes, every item in train."""
+    base = make_tiny_checkpoint(work / "tiny-demo")
+    items = ingest(ROOT / "data" / "demo").items
+    assign_splits(items)
+    for item in items:  # validation is off here, so held-out items would only shrink the data
+        item.split = "train"
+    extract_codes(items, load_family(base).codec_spec(), work / "codes")
+    return base, write_manifest(work / "manifest.jsonl", items)
+
+
+def engine_config(base: Path, manifest: Path, run_dir: Path, steps: int, max_tokens: int) -> TrainConfig:
+    return TrainConfig(base_model=str(base), manifest=str(manifest), run_dir=str(run_dir), max_steps=steps,
+                       max_tokens=max_tokens, seed=SEED, val_every=0, save_every=10**9, ema_decay=0.999,
+                       log_every_seconds=3600.0, device="cpu")  # fmt: skip
+
+
+def run_engine(base: Path, manifest: Path, run_dir: Path, steps: int, max_tokens: int) -> Throughput:
+    # One extra step at the end: train() saves a checkpoint on the last step, which is not per-step work.
+    total = WARMUP + steps + 1
+    stamps: dict[int, float] = {}
+    train(engine_config(base, manifest, run_dir, total, max_tokens),
+          on_metrics=lambda row: stamps.__setitem__(row["step"], time.perf_counter()))  # fmt: skip
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    timed = [r for r in rows if WARMUP < r["step"] <= WARMUP + steps]
+    # tokens_per_s * seconds would only approximate the count: recompute it exactly from the same batches.
+    tokens = engine_tokens(base, manifest, max_tokens, timed[0]["step"], timed[-1]["step"])
+    return Throughput("engine", len(timed), tokens, stamps[WARMUP + steps] - stamps[WARMUP],
+                      statistics.median(r["tokens_per_s"] for r in timed))  # fmt: skip
+
+
+def engine_batches(lengths: list[int], max_tokens: int) -> Iterator[list[int]]:
+    """The batches the engine sees, in order: its sampler's epochs back to back (grad_accum 1, one rank)."""
+    sampler = LengthBucketedBatchSampler(lengths, max_tokens, seed=SEED)
+    epoch = 0
+    while True:
+        yield from sampler.rank_batches(epoch)
+        epoch += 1
+
+
+def random_batch_stream(lengths: list[int], max_tokens: int) -> Iterator[list[int]]:
+    epoch = 0
+    while True:
+        yield from random_batches(lengths, max_tokens, seed=SEED, epoch=epoch)
+        epoch += 1
+
+
+def engine_tokens(base: Path, manifest: Path, max_tokens: int, first: int, last: int) -> int:
+    family, samples, model = setup(base, manifest)
+    stream = engine_batches([s.tokens.shape[1] for s in samples], max_tokens)
+    batches = [next(stream) for _ in range(last)][first - 1 :]
+    return sum(sum(supervised_counts(model, family.collate([samples[i] for i in b]))) for b in batches)
+
+
+def setup(base: Path, manifest: Path):
+    family = load_family(base)
+    samples = load_samples(family, [i for i in read_manifest(manifest) if i.split == "train"])
+    return family, samples, family.load_model(device="cpu", dtype=torch.float32)
+
+
+def run_plain(name: str, base: Path, manifest: Path, steps: int,
+              make_stream: Callable[[list[int]], Iterator[list[int]]]) -> Throughput:  # fmt: skip
+    """The bare loop: collate, forward, loss, backward, clip, AdamW step. Nothing else."""
+    torch.manual_seed(SEED)
+    family, samples, model = setup(base, manifest)
+    model.train()
+    optim = OptimConfig()
+    optimizer = make_optimizer(model, optim, "cpu")
+    stream = make_stream([s.tokens.shape[1] for s in samples])
+    step_rates, tokens, started = [], 0, 0.0
+    for step in range(WARMUP + steps):
+        if step == WARMUP:
+            started = time.perf_counter()
+        t0 = time.perf_counter()
+        batch = family.collate([samples[i] for i in next(stream)])
+        family.loss_parts(model, batch).loss().backward()
+        clip_gradients(model.parameters(), optim.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        seconds = time.perf_counter() - t0
+        if step >= WARMUP:
+            # Counted after the step's clock stops: counting is measurement, not training work.
+            n = sum(supervised_counts(model, batch))
+            tokens += n
+            step_rates.append(n / seconds)
+    return Throughput(name, steps, tokens, time.perf_counter() - started, statistics.median(step_rates))
+
+
+def memory_run(base: Path, manifest: Path, run_dir: Path, steps: int, max_tokens: int) -> list[tuple[int, int]]:
+    samples: list[tuple[int, int]] = []
+
+    def sample(row: dict) -> None:
+        if row["step"] == 1 or row["step"] % RSS_EVERY == 0:
+            samples.append((row["step"], rss_bytes()))
+
+    train(engine_config(base, manifest, run_dir, steps, max_tokens), on_metrics=sample)
+    return samples
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=200, help="timed steps per variant (after warm-up)")
+    parser.add_argument("--max-tokens", type=int, default=1024, help="padded-token budget per batch")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved repeats of each variant; the best counts")
+    parser.add_argument("--memory-steps", type=int, default=0, help="also sample RSS over an engine run this long")
+    args = parser.parse_args()
+    torch.set_num_threads(THREADS)
+
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"{THREADS} threads, python {platform.python_version()}")  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="train-throughput-") as tmp:
+        work = Path(tmp)
+        base, manifest = prepare(work)
+        items = read_manifest(manifest)
+        family = load_family(base)
+        lengths = [s.tokens.shape[1] for s in load_samples(family, items)]
+        print(f"data: {len(items)} items from data/demo, {len({i.speaker for i in items})} speakers, "
+              f"sequence length {min(lengths)}-{max(lengths)} (mean {statistics.mean(lengths):.0f}); "
+              f"max_tokens {args.max_tokens}, {WARMUP} warm-up + {args.steps} timed steps per variant")  # fmt: skip
+
+        # Interleaved rounds, best round per variant: this machine's CPUs may be shared, and contention
+        # only ever slows a round down, so the fastest round is the closest to the code's own speed.
+        rounds: dict[str, list[Throughput]] = {"engine": [], "plain-random": [], "plain-bucketed": []}
+        for r in range(args.rounds):
+            rounds["plain-random"].append(run_plain("plain-random", base, manifest, args.steps,
+                                                    lambda ls: random_batch_stream(ls, args.max_tokens)))  # fmt: skip
+            rounds["plain-bucketed"].append(run_plain("plain-bucketed", base, manifest, args.steps,
+                                                      lambda ls: engine_batches(ls, args.max_tokens)))  # fmt: skip
+            rounds["engine"].append(run_engine(base, manifest, work / f"engine-{r}", args.steps, args.max_tokens))
+        print()
+        for name, results in rounds.items():
+            print(f"{name} rounds (tok/s): " + " ".join(f"{t.tokens_per_s:.0f}" for t in results))
+        engine, plain_random, plain_bucketed = (max(rounds[n], key=lambda t: t.tokens_per_s) for n in rounds)
+        for result in (engine, plain_random, plain_bucketed):
+            print(result.line() + f" [best of {args.rounds}]")
+        bucketing = plain_bucketed.tokens_per_s / plain_random.tokens_per_s
+        overhead = (plain_bucketed.tokens_per_s / engine.tokens_per_s - 1) * 100
+        print(f"bucketing gain (plain-bucketed / plain-random): {bucketing:.2f}x (goal >= 1.3x)")
+        print(f"engine overhead (plain-bucketed / engine - 1): {overhead:+.1f}% (goal <= 5%)")
+
+        if args.memory_steps:
+            rss = memory_run(base, manifest, work / "memory", args.memory_steps, args.max_tokens)
+            (first_step, first), (last_step, last) = rss[0], rss[-1]
+            print(f"memory: RSS every {RSS_EVERY} steps over {args.memory_steps} engine steps (MiB): "
+                  + " ".join(f"{s}:{b / 2**20:.0f}" for s, b in rss))  # fmt: skip
+            print(f"memory: first (step {first_step}) {first / 2**20:.1f} MiB, last (step {last_step}) "
+                  f"{last / 2**20:.1f} MiB, growth {(last - first) / 2**20:+.1f} MiB (goal: none)")  # fmt: skip
+        else:
+            print("memory: skipped (pass --memory-steps 1000 to measure)")
+    print(f"engine_vs_plain={engine.tokens_per_s / plain_random.tokens_per_s:.2f}")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
