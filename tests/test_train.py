@@ -179,3 +179,19 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(prepare
     assert worst < 1e-5  # the same update up to the order of float additions
     moved = max((a[k] - torch.load(prepared[0] / "model.pth", weights_only=True)[k]).abs().max().item() for k in a)
     assert moved > 1e-3  # and the runs did train
+
+
+def test_resume_from_a_given_checkpoint(prepared, tmp_path):
+    train(config(prepared, tmp_path / "a", max_steps=6))
+    first = tmp_path / "a" / "checkpoints" / "step_00000003"
+    resumed = train(config(prepared, tmp_path / "b", max_steps=6, resume_from=str(first)))
+    straight = load_file(tmp_path / "a" / "checkpoints" / "step_00000006" / "trainable.safetensors")
+    again = load_file(tmp_path / "b" / "checkpoints" / "step_00000006" / "trainable.safetensors")
+    assert resumed.step == 6 and all(torch.equal(straight[k], again[k]) for k in straight)
+
+
+@pytest.mark.slow
+def test_compiled_steps_train_and_save_the_plain_model(prepared, tmp_path):
+    result = train(config(prepared, tmp_path / "run", max_steps=2, val_every=0, compile=True))
+    state = torch.load(result.final_model / "model.pth", weights_only=True)
+    assert not any(k.startswith("_orig_mod.") for k in state)  # saved unwrapped, loadable upstream

@@ -132,6 +132,8 @@ def train(config: TrainConfig, on_metrics: Callable[[dict], None] | None = None)
     )
     model = family.load_model(device=device, dtype=torch.float32)  # trainable weights stay fp32
     model.gradient_checkpointing = config.gradient_checkpointing
+    # Steps run through the compiled wrapper; checkpoints and the export save `model` itself.
+    step_model = torch.compile(model) if config.compile else model
     model.train()
     optimizer = make_optimizer(model, config.optim, device.type)
     scheduler = make_scheduler(optimizer, config.schedule, config.max_steps)
@@ -141,7 +143,7 @@ def train(config: TrainConfig, on_metrics: Callable[[dict], None] | None = None)
     step, epoch, position, best, bad_validations, bad_steps = 0, 0, 0, None, 0, 0
 
     # ---- resume -----------------------------------------------------------------------------
-    latest = ckpt.latest_checkpoint(run_dir)
+    latest = Path(config.resume_from) if config.resume_from else ckpt.latest_checkpoint(run_dir)
     if latest is not None:
         state = ckpt.load_checkpoint(latest)
         changed = ckpt.check_resume_compatible(state[ckpt.CONFIG], config_to_dict(config), list(RESUME_FIXED))
@@ -206,7 +208,7 @@ def train(config: TrainConfig, on_metrics: Callable[[dict], None] | None = None)
             loss_value = 0.0
             for batch in batches:
                 with autocast():
-                    parts = family.loss_parts(model, batch)
+                    parts = family.loss_parts(step_model, batch)
                     loss = parts.loss(slow_total, fast_total)  # per supervised token of the whole update
                 scaler.scale(loss).backward()
                 loss_value += loss.item()
