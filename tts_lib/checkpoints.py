@@ -104,24 +104,33 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach().cpu().clone() for name, p in model.named_parameters() if p.requires_grad}
 
 
+def tensor_differences(
+    found: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]
+) -> tuple[list[str], list[str], list[tuple[str, tuple, tuple]]]:
+    """(missing names, unexpected names, (name, found shape, expected shape)) between two state dicts."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    mismatched = [
+        (n, tuple(found[n].shape), tuple(expected[n].shape))
+        for n in sorted(set(found) & set(expected))
+        if found[n].shape != expected[n].shape
+    ]
+    return missing, unexpected, mismatched
+
+
 def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Copy saved trainable weights into `model`; names and shapes must match exactly."""
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    missing = sorted(set(params) - set(state))
-    unexpected = sorted(set(state) - set(params))
-    mismatched = [
-        f"{n} saved {tuple(state[n].shape)}, model {tuple(params[n].shape)}"
-        for n in sorted(set(params) & set(state))
-        if state[n].shape != params[n].shape
-    ]
+    missing, unexpected, shapes = tensor_differences(state, params)
+    mismatched = [f"{n} saved {saved}, model {mine}" for n, saved, mine in shapes]
     if missing or unexpected or mismatched:
         parts = []
         if missing:
-            parts.append(f"missing from checkpoint: {_short(missing)}")
+            parts.append(f"missing from checkpoint: {short_list(missing)}")
         if unexpected:
-            parts.append(f"not trainable in the model: {_short(unexpected)}")
+            parts.append(f"not trainable in the model: {short_list(unexpected)}")
         if mismatched:
-            parts.append(f"shape differs: {_short(mismatched)}")
+            parts.append(f"shape differs: {short_list(mismatched)}")
         raise ValueError(
             "checkpoint weights do not fit the model's trainable parameters; "
             + "; ".join(parts)
@@ -363,6 +372,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _short(names: list[str], limit: int = 5) -> str:
+def short_list(names: list[str], limit: int = 5) -> str:
     more = f" and {len(names) - limit} more" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from tts_lib.checkpoints import short_list, tensor_differences
+
 # Keys of EMA.state_dict().
 DECAY = "decay"
 NUM_UPDATES = "num_updates"
@@ -111,21 +113,16 @@ class EMA:
         self.num_updates = int(state[NUM_UPDATES])
 
     def _check_names(self, other: dict[str, torch.Tensor], what: str) -> None:
-        missing = sorted(set(self.shadow) - set(other))
-        unexpected = sorted(set(other) - set(self.shadow))
-        mismatched = [
-            f"{n} {tuple(other[n].shape)} vs {tuple(self.shadow[n].shape)}"
-            for n in sorted(set(other) & set(self.shadow))
-            if other[n].shape != self.shadow[n].shape
-        ]
+        missing, unexpected, shapes = tensor_differences(other, self.shadow)
+        mismatched = [f"{n} {given} vs {mine}" for n, given, mine in shapes]
         if missing or unexpected or mismatched:
             parts = []
             if missing:
-                parts.append(f"missing {_short(missing)}")
+                parts.append(f"missing {short_list(missing)}")
             if unexpected:
-                parts.append(f"unexpected {_short(unexpected)}")
+                parts.append(f"unexpected {short_list(unexpected)}")
             if mismatched:
-                parts.append(f"shape differs (given vs EMA) {_short(mismatched)}")
+                parts.append(f"shape differs (given vs EMA) {short_list(mismatched)}")
             raise ValueError(
                 f"EMA parameters do not match {what}: {'; '.join(parts)}. The EMA must be made from the same "
                 "model with the same trainable parameters (same LoRA settings and frozen parts)."
@@ -155,8 +152,3 @@ class EMA:
             log(f"EMA: checkpoint used decay {ema.decay}, continuing with configured decay {decay}")
             ema.decay = decay
         return ema
-
-
-def _short(names: list[str], limit: int = 5) -> str:
-    more = f" and {len(names) - limit} more" if len(names) > limit else ""
-    return ", ".join(names[:limit]) + more
