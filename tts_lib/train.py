@@ -245,6 +245,7 @@ def train(config: TrainConfig, on_metrics: Callable[[dict], None] | None = None)
                 "tokens_per_s": (slow_total + fast_total) / seconds,
                 "items_per_s": sum(map(len, micro)) * info.world_size / seconds, "epoch": epoch,
             }  # fmt: skip
+            improved = False
             if config.val_every and val_samples and (step % config.val_every == 0 or step == config.max_steps):
                 with ema.swap_into(model) if ema else nullcontext():
                     metrics = evaluate(model, family, val_samples, config.max_tokens, autocast)
@@ -257,14 +258,14 @@ def train(config: TrainConfig, on_metrics: Callable[[dict], None] | None = None)
                     stopped_early = (
                         config.early_stop_patience is not None and bad_validations >= config.early_stop_patience
                     )
-                if improved or stopped_early or step % config.save_every == 0 or step == config.max_steps:
-                    save()
-                if improved and info.is_main:
-                    ckpt.mark_best(run_dir, step, best, name="val_codebook_loss")
-            elif step % config.save_every == 0 or step == config.max_steps:
-                save()
+            # Log before saving: a kill in between then redoes this step after resume instead of
+            # leaving a checkpoint whose step never reached metrics.jsonl.
             if info.is_main:
                 log.write(row, config.max_steps)
+            if improved or stopped_early or step % config.save_every == 0 or step == config.max_steps:
+                save()
+            if improved and info.is_main:
+                ckpt.mark_best(run_dir, step, best, name="val_codebook_loss")
         if interrupted:
             save()
             say(f"stopped by a signal at step {step}; the checkpoint resumes it", flush=True)
