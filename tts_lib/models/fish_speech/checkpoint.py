@@ -49,6 +49,16 @@ def check_checkpoint_folder(folder: Path) -> None:
         )
 
 
+def torch_load_weights_only(path: Path) -> object:
+    """torch.load with weights_only=True (untrusted files), memory-mapped when the file format allows."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as e:
+        if "mmap" not in str(e):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format: no mmap
+
+
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
     """A state dict from `path`, memory-mapped: tensors are read from disk as they are touched.
 
@@ -56,12 +66,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
     loader does (the dual_ar model has none)."""
     path = Path(path)
     try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):
-                raise
-            obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy format: no mmap
+        obj = torch_load_weights_only(path)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
         raise ValueError(
             f"{path}: expected a PyTorch state dict readable with weights_only=True, could not read it "

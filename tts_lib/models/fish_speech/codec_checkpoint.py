@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from tts_lib.fileio import atomic_write_with
+from tts_lib.models.fish_speech.checkpoint import torch_load_weights_only
 from tts_lib.models.fish_speech.codec_transformer import CodecTransformer
 
 if TYPE_CHECKING:
@@ -38,12 +39,7 @@ def read_codec_state(path: Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"codec checkpoint {path} not found (expected codec.pth from openaudio-s1-mini)")
     try:
-        try:
-            obj = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-        except RuntimeError as err:
-            if "mmap" not in str(err):
-                raise
-            obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+        obj = torch_load_weights_only(path)
     except (RuntimeError, pickle.UnpicklingError, EOFError) as err:
         raise ValueError(f"{path} could not be read as a weights-only PyTorch checkpoint: {err}") from err
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
