@@ -62,3 +62,24 @@ def write_tokenizer_dir(folder: Path, num_semantic: int = 16, words: tuple[str, 
 @pytest.fixture
 def tokenizer_dir(tmp_path):
     return write_tokenizer_dir(tmp_path / "ckpt")
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory):
+    """(tiny-demo base folder, manifest): 12 Finnish clips of data/demo with splits and codes. Shared
+    by the whole session: tests must not change these files."""
+    from tts_lib.codes_cache import extract_codes
+    from tts_lib.ingest import ingest
+    from tts_lib.manifest import write_manifest
+    from tts_lib.models import load_family
+    from tts_lib.models.fish_speech.tiny import make_tiny_checkpoint
+    from tts_lib.split import assign_splits
+
+    root = tmp_path_factory.mktemp("prepared")
+    base = make_tiny_checkpoint(root / "tiny-demo")
+    demo = Path(__file__).resolve().parent.parent / "data" / "demo"
+    items = [i for i in ingest(demo).items if i.speaker.startswith("fi")][::2][:12]
+    assign_splits(items)
+    extract_codes(items, load_family(base).codec_spec(), root / "codes")
+    write_manifest(root / "manifest.jsonl", items)
+    return base, root / "manifest.jsonl"

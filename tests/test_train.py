@@ -13,29 +13,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tts_lib.codes_cache import extract_codes
 from tts_lib.config_io import save_config
-from tts_lib.ingest import ingest
 from tts_lib.manifest import read_manifest, write_manifest
 from tts_lib.models import load_family
-from tts_lib.models.fish_speech.tiny import make_tiny_checkpoint
-from tts_lib.split import assign_splits
 from tts_lib.train import train
 from tts_lib.train_config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    """tiny-demo plus a 12-clip manifest of the demo data with codes."""
-    root = tmp_path_factory.mktemp("train")
-    base = make_tiny_checkpoint(root / "tiny-demo")
-    items = [i for i in ingest(ROOT / "data" / "demo").items if i.speaker.startswith("fi")][::2][:12]
-    assign_splits(items)
-    extract_codes(items, load_family(base).codec_spec(), root / "codes")
-    write_manifest(root / "manifest.jsonl", items)
-    return base, root / "manifest.jsonl"
 
 
 def config(prepared, run_dir, **over) -> TrainConfig:

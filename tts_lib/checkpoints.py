@@ -302,6 +302,17 @@ def check_resume_compatible(saved: dict[str, Any], current: dict[str, Any], fiel
     return differences
 
 
+def changed_settings(saved: Any, current: Any, prefix: str = "") -> list[str]:
+    """Every leaf setting that differs between two config dicts, as "key: saved X, now Y"."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        return [
+            line
+            for key in sorted(set(saved) | set(current), key=str)
+            for line in changed_settings(saved.get(key, _MISSING), current.get(key, _MISSING), f"{prefix}{key}.")
+        ]
+    return [] if saved == current else [f"{prefix.rstrip('.')}: saved {_show(saved)}, now {_show(current)}"]
+
+
 # ---------------------------------------------------------------- helpers
 
 _MISSING = object()

@@ -21,6 +21,7 @@ import torch
 
 from tts_lib import checkpoints as ckpt
 from tts_lib import distributed
+from tts_lib.adapters import add_adapters, check_base, check_continuable, load_adapter_weights, save_adapter
 from tts_lib.config_io import config_to_dict, save_config
 from tts_lib.ema import EMA
 from tts_lib.manifest import read_manifest
@@ -29,14 +30,14 @@ from tts_lib.models.fish_speech.loss import supervised_counts
 from tts_lib.optim import clip_gradients, make_optimizer
 from tts_lib.sampler import LengthBucketedBatchSampler
 from tts_lib.schedules import make_scheduler
-from tts_lib.train_config import RESUME_FIXED, TrainConfig
+from tts_lib.train_config import RESUME_FIXED, RESUME_QUIET, TrainConfig
 from tts_lib.train_log import TrainLog
 
 
 @dataclass
 class TrainResult:
     step: int
-    final_model: Path | None  # upstream-layout folder; None when the run was interrupted
+    final_model: Path | None  # upstream-layout folder (adapter folder for LoRA); None when interrupted
     best_metric: float | None
     stopped_early: bool = False
     interrupted: bool = False
@@ -132,6 +133,13 @@ def train(config: TrainConfig, on_metrics: Callable[[dict], None] | None = None)
     )
     model = family.load_model(device=device, dtype=torch.float32)  # trainable weights stay fp32
     model.gradient_checkpointing = config.gradient_checkpointing
+    if config.adapter is not None:  # from here on only the adapter (and maybe embeddings) trains
+        if config.init_adapter:
+            check_continuable(config.init_adapter, config.adapter)
+            check_base(config.init_adapter, family.identity())
+        model = add_adapters(model, config.adapter)
+        if config.init_adapter:
+            load_adapter_weights(model, config.init_adapter)
     # Steps run through the compiled wrapper; checkpoints and the export save `model` itself.
     step_model = torch.compile(model) if config.compile else model
     model.train()
@@ -149,6 +157,10 @@ def train(config: TrainConfig, on_metrics: Callable[[dict], None] | None = None)
         changed = ckpt.check_resume_compatible(state[ckpt.CONFIG], config_to_dict(config), list(RESUME_FIXED))
         if changed:
             raise ValueError(f"cannot resume {latest}: " + "; ".join(changed) + " (use a new run_dir to start over)")
+        for line in ckpt.changed_settings(state[ckpt.CONFIG], config_to_dict(config)):
+            if line.split(".")[0].split(":")[0] not in RESUME_QUIET:
+                say(f"warning: resuming with a changed setting, {line}; the saved optimiser state and "
+                    "schedule position are kept")  # fmt: skip
         if state[ckpt.DATA_FINGERPRINT] != fingerprint:
             raise ValueError(f"cannot resume {latest}: the manifest's items changed since it was saved "
                              "(use a new run_dir, or train incrementally from this run's model)")  # fmt: skip
@@ -275,7 +287,10 @@ def train(config: TrainConfig, on_metrics: Callable[[dict], None] | None = None)
         final = None
         if info.is_main:
             with ema.swap_into(model) if ema else nullcontext():
-                final = family.save(model, run_dir / "final")
+                if config.adapter is not None:
+                    final = save_adapter(model, run_dir / "final_adapter", config.adapter, family.identity(), True)
+                else:
+                    final = family.save(model, run_dir / "final")
         say(f"done at step {step}: model in {final}" + (f", best val_codebook_loss {best:.4f}" if best else ""))
         return TrainResult(step, final, best, stopped_early=stopped_early)
     finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from tts_lib.adapters import AdapterConfig
 from tts_lib.optim import OptimConfig
 from tts_lib.schedules import ScheduleConfig
 
@@ -35,6 +36,8 @@ class TrainConfig:
     log_every_seconds: float = 5.0  # plain progress lines at most this often
     gradient_checkpointing: bool = False  # less memory, about 30% more compute
     compile: bool = False  # torch.compile the forward: faster steps on GPU after a minute of compiling
+    adapter: AdapterConfig | None = None  # None = full fine-tune; else train only a LoRA/DoRA adapter
+    init_adapter: str | None = None  # an adapter folder to continue (LoRA-on-LoRA; same adapter settings)
     resume_from: str | None = None  # a checkpoint folder to resume from; None = the run_dir's latest, if any
     device: str = "auto"  # auto: cuda if available, else cpu
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -43,7 +46,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.max_steps < 1 or self.grad_accum < 1 or self.max_tokens < 1:
             raise ValueError("max_steps, grad_accum and max_tokens must be at least 1")
+        if self.init_adapter and self.adapter is None:
+            raise ValueError("init_adapter continues a LoRA adapter: set adapter (r, lora_alpha, ...) too")
 
 
 # Settings that change which batches a step sees or what the saved weights are: a resume refuses them.
-RESUME_FIXED = ("base_model", "max_tokens", "max_items", "grad_accum", "seed")
+RESUME_FIXED = ("base_model", "max_tokens", "max_items", "grad_accum", "seed", "adapter", "init_adapter")
+# Settings whose change only matters to the run's bookkeeping: a resume takes them silently. Any other
+# change (lr, schedule, EMA, steps, validation, early stopping) is safe and taken with a warning line.
+RESUME_QUIET = ("run_dir", "resume_from", "device", "log_every_seconds", "manifest")

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from tts_lib.codes_cache import CodecSpec, checkpoint_hash
 from tts_lib.fileio import atomic_copy
+from tts_lib.models.fish_speech.checkpoint import MODEL_FILE
 from tts_lib.models.fish_speech.codec import FishCodec
 from tts_lib.models.fish_speech.config import CONFIG_FILE, FishSpeechConfig
 from tts_lib.models.fish_speech.generate import build_prompt, generate
@@ -36,6 +37,11 @@ class FishSpeechFamily:
 
     def load_model(self, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> FishSpeechLM:
         return FishSpeechLM.from_pretrained(self.folder, device=device, dtype=dtype)
+
+    def identity(self) -> dict[str, str]:
+        """What adapters and lineage record as "the base model": the folder's name and the sha256 of
+        its weights (hashed once, then remembered beside the cache)."""
+        return {"id": self.folder.name, "hash": checkpoint_hash(self.folder / MODEL_FILE)}
 
     def codec(self, device: str | torch.device = "cpu") -> FishCodec:
         if self._codec is None:

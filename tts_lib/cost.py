@@ -1,0 +1,269 @@
+"""Training time and cost: an estimate before training, the actual cost after (used by the fine-tune entry point).
+
+    table = load_gpu_table(None)                      # or a YAML file of your own prices
+    throughput = measure_training_throughput(step)    # a few real forward+backward steps on this machine
+    estimate = estimate_cost(planned_tokens, throughput, detect_gpu(table), table, scratch_tokens)
+    print(format_estimate(estimate))
+    ...
+    meta["cost"]["actual_usd"] = actual_cost(wall_seconds, detect_gpu(table), table)["usd"]
+
+The measured GPU's row is what this machine will do; the other GPUs' rows are scaled by the ratio of dense
+bf16 TFLOPs from the spec sheets, a rough guide (memory bandwidth and kernel efficiency differ) that is
+labelled as such. On a CPU only this machine's time is shown.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    name: str
+    usd_per_hour: float
+    bf16_tflops: float  # dense (no sparsity), from NVIDIA's spec sheets
+    memory_gb: float
+
+
+# Prices: typical on-demand list prices for one GPU on public GPU clouds (Lambda, RunPod, AWS, GCP) in 2025-26.
+# They vary by provider and change often: override them with load_gpu_table(YAML) or `--gpu-price NAME=USD`.
+# TFLOPs: dense bf16 tensor-core figures from NVIDIA's data sheets.
+GPU_TABLE: dict[str, GpuInfo] = {
+    "H100-80GB": GpuInfo("H100-80GB", 2.99, 989.0, 80),  # SXM; the PCIe card is about 756
+    "A100-80GB": GpuInfo("A100-80GB", 1.79, 312.0, 80),
+    "A100-40GB": GpuInfo("A100-40GB", 1.29, 312.0, 40),
+    "L40S": GpuInfo("L40S", 0.99, 362.0, 48),
+    "A10G": GpuInfo("A10G", 1.01, 70.0, 24),  # approximate: NVIDIA publishes no A10G sheet (AWS's A10 variant)
+    "L4": GpuInfo("L4", 0.80, 121.0, 24),
+}
+_GPU_FIELDS = ("usd_per_hour", "bf16_tflops", "memory_gb")
+
+CPU_ROW = "this machine"
+
+
+def load_gpu_table(path: str | Path | None = None) -> dict[str, GpuInfo]:
+    """The default table, with the entries of a YAML file `{name: {usd_per_hour, bf16_tflops, memory_gb}}` merged
+    over it: a known GPU may change some fields, a new GPU must give all three."""
+    table = dict(GPU_TABLE)
+    if path is None:
+        return table
+    path = Path(path)
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of GPU name -> {{{', '.join(_GPU_FIELDS)}}}, found {data!r}")
+    for name, fields in data.items():
+        if not isinstance(fields, dict):
+            raise ValueError(f"{path}: {name}: expected a mapping of {list(_GPU_FIELDS)}, found {fields!r}")
+        unknown = sorted(set(fields) - set(_GPU_FIELDS))
+        if unknown:
+            raise ValueError(f"{path}: {name}: unknown fields {unknown}; allowed fields are {list(_GPU_FIELDS)}")
+        for k, v in fields.items():
+            if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
+                raise ValueError(f"{path}: {name}.{k}: expected a positive number, found {v!r}")
+        name = str(name)
+        if name in table:
+            table[name] = dataclasses.replace(table[name], **{k: float(v) for k, v in fields.items()})
+        else:
+            missing = [k for k in _GPU_FIELDS if k not in fields]
+            if missing:
+                raise ValueError(f"{path}: {name} is a new GPU: give all of {list(_GPU_FIELDS)}; missing {missing}")
+            table[name] = GpuInfo(name, **{k: float(fields[k]) for k in _GPU_FIELDS})
+    return table
+
+
+def parse_price_overrides(items: list[str], table: dict[str, GpuInfo] | None = None) -> dict[str, GpuInfo]:
+    """A copy of `table` (default GPU_TABLE) with the prices of `NAME=USD_PER_HOUR` items (CLI flags) replaced."""
+    table = dict(GPU_TABLE if table is None else table)
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            price = float(value) if sep else -1.0
+        except ValueError:
+            price = -1.0
+        if price <= 0:
+            raise ValueError(f"price override {item!r}: expected NAME=USD_PER_HOUR, e.g. A100-80GB=1.50")
+        if name not in table:
+            raise ValueError(f"price override {item!r}: unknown GPU {name!r}; known GPUs: {', '.join(table)}")
+        table[name] = dataclasses.replace(table[name], usd_per_hour=price)
+    return table
+
+
+def gpu_key_for(device_name: str, memory_gb: float) -> str | None:
+    """The GPU_TABLE key for a CUDA device name (as torch.cuda.get_device_name reports it), or None if unknown."""
+    name = device_name.upper()
+    if "H100" in name:
+        return "H100-80GB"
+    if "A100" in name:
+        # The name does not always carry the size ("NVIDIA A100-SXM4-..."): memory decides.
+        return "A100-80GB" if "80GB" in name or memory_gb > 60 else "A100-40GB"
+    if "L40S" in name:
+        return "L40S"
+    if "A10G" in name:
+        return "A10G"
+    if re.search(r"\bL4\b", name):  # not L40 or L40S
+        return "L4"
+    return None
+
+
+def detect_gpu(table: dict[str, GpuInfo]) -> str | None:
+    """The table key of CUDA device 0, or None on a CPU or an unknown GPU."""
+    if not torch.cuda.is_available():
+        return None
+    memory_gb = torch.cuda.get_device_properties(0).total_memory / 2**30
+    key = gpu_key_for(torch.cuda.get_device_name(0), memory_gb)
+    return key if key in table else None
+
+
+@dataclass(frozen=True)
+class Throughput:
+    tokens_per_s: float
+    seconds_per_step: float
+    steps: int
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()  # CUDA kernels run asynchronously: wait for them before reading the clock
+
+
+def measure_training_throughput(step_fn: Callable[[], int], warmup: int = 2, steps: int = 5) -> Throughput:
+    """Time `steps` calls of `step_fn` (one forward+backward on a real batch, returning its supervised tokens)
+    after `warmup` untimed calls (allocator growth, autotuning and compilation happen there)."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1 to measure anything, found {steps}")
+    for _ in range(warmup):
+        step_fn()
+    _sync()
+    start = time.perf_counter()
+    tokens = sum(int(step_fn()) for _ in range(steps))
+    _sync()
+    seconds = time.perf_counter() - start
+    if tokens <= 0 or seconds <= 0:
+        raise ValueError(
+            f"throughput measurement saw {tokens} tokens in {seconds:.3g} s: step_fn must return the number of "
+            "supervised tokens of its batch (> 0)"
+        )
+    return Throughput(tokens_per_s=tokens / seconds, seconds_per_step=seconds / steps, steps=steps)
+
+
+@dataclass
+class CostRow:
+    gpu: str
+    basis: str  # "measured", "scaled from <gpu> by spec TFLOPs", or the CPU note
+    usd_per_hour: float | None
+    hours: float
+    usd: float | None
+    scratch_hours: float | None = None
+    scratch_usd: float | None = None
+
+
+@dataclass
+class CostEstimate:
+    planned_tokens: int
+    scratch_tokens: int | None
+    tokens_per_s: float  # on the measuring machine
+    measured_on: str | None  # GPU_TABLE key, None for a CPU or unknown GPU
+    hours: float  # on the measuring machine
+    scratch_hours: float | None
+    rows: list[CostRow] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _usd(hours: float | None, price: float | None) -> float | None:
+    return None if hours is None or price is None else hours * price
+
+
+def estimate_cost(
+    planned_tokens: int,
+    throughput: Throughput,
+    measured_on: str | None,
+    table: dict[str, GpuInfo],
+    scratch_tokens: int | None = None,
+) -> CostEstimate:
+    """Hours and dollars for `planned_tokens` (training from the parent version) and, when given,
+    `scratch_tokens` (the same data trained from the base model), on every GPU of `table`."""
+    if measured_on is not None and measured_on not in table:
+        raise ValueError(f"measured_on {measured_on!r} is not in the GPU table ({', '.join(table)}); pass None")
+    tps = throughput.tokens_per_s
+    est = CostEstimate(
+        planned_tokens=planned_tokens,
+        scratch_tokens=scratch_tokens,
+        tokens_per_s=tps,
+        measured_on=measured_on,
+        hours=planned_tokens / tps / 3600,
+        scratch_hours=None if scratch_tokens is None else scratch_tokens / tps / 3600,
+    )
+    if measured_on is None:
+        # A CPU is not rented by the hour here, so it gets a time but no price.
+        basis = "measured; CPU time is free here, so no price"
+        est.rows.append(CostRow(CPU_ROW, basis, None, est.hours, None, est.scratch_hours, None))
+        est.notes.append("measure on a GPU for GPU estimates")
+        return est
+    base = table[measured_on]
+    for gpu in [measured_on, *(k for k in table if k != measured_on)]:
+        info = table[gpu]
+        ratio = info.bf16_tflops / base.bf16_tflops  # a GPU with twice the TFLOPs is taken to take half the time
+        hours = est.hours / ratio
+        scratch = None if est.scratch_hours is None else est.scratch_hours / ratio
+        basis = "measured" if gpu == measured_on else f"scaled from {measured_on} by spec TFLOPs"
+        price = info.usd_per_hour
+        est.rows.append(CostRow(gpu, basis, price, hours, _usd(hours, price), scratch, _usd(scratch, price)))
+    est.notes.append("scaled rows assume time goes with dense bf16 TFLOPs: a rough guide, not a measurement")
+    return est
+
+
+def format_duration(hours: float | None) -> str:
+    if hours is None:
+        return "-"
+    minutes = round(hours * 60)
+    if minutes < 1:
+        return "<1 min"
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def _money(usd: float | None) -> str:
+    return "-" if usd is None else f"${usd:.2f}"
+
+
+def format_estimate(estimate: CostEstimate) -> str:
+    """A plain-text table: GPU | $/h | from parent: time, cost | from scratch: time, cost | basis."""
+    e = estimate
+    where = e.measured_on or "this machine (CPU)"
+    lines = [f"planned: {e.planned_tokens:,} tokens at {e.tokens_per_s:,.0f} tokens/s measured on {where}"]
+    if e.scratch_tokens is not None:
+        lines.append(f"from scratch: {e.scratch_tokens:,} tokens")
+    header = ["GPU", "$/h", "from parent: time", "cost"]
+    if e.scratch_tokens is not None:
+        header += ["from scratch: time", "cost"]
+    header.append("basis")
+    rows = []
+    for r in e.rows:
+        price = "-" if r.usd_per_hour is None else f"{r.usd_per_hour:.2f}"
+        row = [r.gpu, price, format_duration(r.hours), _money(r.usd)]
+        if e.scratch_tokens is not None:
+            row += [format_duration(r.scratch_hours), _money(r.scratch_usd)]
+        row.append(r.basis)
+        rows.append(row)
+    widths = [max(len(x[i]) for x in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        lines.append(" | ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    lines += [f"note: {n}" for n in e.notes]
+    return "\n".join(lines)
+
+
+def actual_cost(wall_seconds: float, gpu: str | None, table: dict[str, GpuInfo]) -> dict:
+    """What a finished run cost: {"gpu", "hours", "usd"}; usd is None on a CPU or a GPU missing from the table."""
+    hours = wall_seconds / 3600
+    info = table.get(gpu) if gpu is not None else None
+    return {"gpu": gpu, "hours": hours, "usd": None if info is None else hours * info.usd_per_hour}
