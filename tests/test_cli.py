@@ -107,6 +107,25 @@ def test_demo_prepares_the_bundled_data(tmp_path, capsys):
     items = read_manifest(tmp_path / "run" / "manifest.jsonl")
     assert len(items) == 35 and sum(i.split == "val" for i in items) >= 3
     assert all(Path(i.codes).is_file() for i in items)
+    results = json.loads((tmp_path / "run" / "v1" / "results.json").read_text())
+    assert (Path(results["merged_dir"]) / "codec.pth").is_file() and Path(results["package"]).is_file()
+
+
+def test_export_cli_merges_once_and_refuses_an_existing_folder(tmp_path, capsys):
+    from tts_lib.adapters import AdapterConfig, add_adapters, save_adapter
+    from tts_lib.models import load_family
+    from tts_lib.models.fish_speech.tiny import make_tiny_checkpoint
+
+    family = load_family(make_tiny_checkpoint(tmp_path / "base"))
+    config = AdapterConfig()
+    save_adapter(add_adapters(family.load_model(), config), tmp_path / "adapter", config, family.identity())
+    args = ["export", "--base-model", str(family.folder), "--adapter", str(tmp_path / "adapter")]
+    assert main([*args, "--out", str(tmp_path / "merged")]) == 0
+    assert "verified" in capsys.readouterr().out and (tmp_path / "merged" / "model.pth").is_file()
+    before = (tmp_path / "merged" / "model.pth").stat().st_mtime_ns
+    assert main([*args, "--out", str(tmp_path / "merged")]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (tmp_path / "merged" / "model.pth").stat().st_mtime_ns == before
 
 
 def test_extract_codes_records_codes_in_the_manifest(tmp_path, capsys):

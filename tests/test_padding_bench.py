@@ -79,8 +79,7 @@ def test_bench_command_last_line(capsys):
 def test_bench_reads_a_jsonl_manifest(tmp_path, capsys):
     manifest = tmp_path / "train.jsonl"
     rows = [
-        {"id": f"a{k}", "audio": f"a{k}.wav", "text": "hi", "speaker": "s", "duration": 1 + k % 9}
-        for k in range(50)
+        {"id": f"a{k}", "audio": f"a{k}.wav", "text": "hi", "speaker": "s", "duration": 1 + k % 9} for k in range(50)
     ]
     manifest.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     assert read_durations(manifest) == [float(r["duration"]) for r in rows]

@@ -142,6 +142,72 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 3 if result.interrupted else 0
 
 
+# finetune flags -> FinetuneConfig keys; a flag left out keeps the YAML's (or the default) value
+FINETUNE_FLAGS = {
+    "mode": "mode", "base_model": "base_model", "data": "data", "out": "out", "parent": "parent",
+    "incremental": "incremental", "speaker": "speaker", "max_steps": "max_steps", "lr": "lr", "lora_lr": "lora_lr",
+    "lora_r": "adapter.r", "lora_alpha": "adapter.lora_alpha", "adapter": "adapter.kind", "targets": "adapter.targets",
+    "save_every": "train.save_every", "val_every": "train.val_every", "max_tokens": "train.max_tokens",
+    "seed": "train.seed", "gpu": "gpu",
+}  # fmt: skip
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    import json
+
+    from tts_lib.config_io import apply_overrides, load_config
+    from tts_lib.finetune import FinetuneConfig, run_finetune
+
+    config = load_config(FinetuneConfig, args.config) if args.config else FinetuneConfig()
+    flags = [f"{key}={json.dumps(getattr(args, name))}" for name, key in FINETUNE_FLAGS.items()
+             if getattr(args, name) is not None]  # fmt: skip
+    if args.no_package:
+        flags.append("package=false")
+    config = apply_overrides(config, flags + (args.set or []))
+    for name in ("base_model", "data"):
+        if not getattr(config, name) and not (name == "base_model" and config.parent):
+            raise ValueError(f"finetune needs --{name.replace('_', '-')} (or {name}: in --config)")
+    results = run_finetune(config)
+    if results.get("interrupted"):
+        return 3
+    print(json.dumps({k: results.get(k) for k in ("version", "merged_dir", "adapter_dir", "package")}, indent=2))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from tts_lib.export import export_adapter, merge_adapter_folder
+
+    if args.adapter_only:
+        print(f"adapter exported to {export_adapter(args.adapter, args.out, args.overwrite)}")
+        return 0
+    report = merge_adapter_folder(args.base_model, args.adapter, args.out, args.overwrite)
+    print(f"merged model in {report.out} ({report.dtype}); verified: max |logit diff| {report.max_abs_diff:.2e}")
+    return 0
+
+
+def cmd_import_lora(args: argparse.Namespace) -> int:
+    from tts_lib.upstream_lora import import_upstream_lora
+
+    out = import_upstream_lora(args.checkpoint, args.base_model, args.out, args.lora_alpha, overwrite=args.overwrite)
+    print(f"imported as an adapter in {out}; continue it with finetune --parent {out}")
+    return 0
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    from tts_lib import lineage
+
+    if args.action == "compare":
+        a, b = (lineage.read_metadata(lineage.resolve_version(args.project, v)) for v in (args.a, args.b))
+        print(lineage.format_comparison(lineage.compare_versions(a, b), a["version"], b["version"]))
+    elif args.action == "rollback":
+        folder = lineage.rollback(args.project, args.version)
+        print(f"current version is now {folder.name} ({folder}); later versions are kept")
+    else:
+        versions = lineage.list_versions(args.project)
+        print(lineage.format_versions_table(versions, lineage.current_version(args.project)))
+    return 0
+
+
 def cmd_make_tiny_model(args: argparse.Namespace) -> int:
     from tts_lib.models.fish_speech.tiny import make_tiny_checkpoint  # imports torch: only when asked
 
@@ -190,11 +256,67 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. optim.lr=1e-5")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("finetune", help="one fine-tune start to finish: data, estimate, train, merge, export, lineage")
+    p.add_argument("--config", help="YAML file of FinetuneConfig fields (tts_lib/finetune.py); flags override it")
+    p.add_argument("--mode", choices=["quick_lora", "full", "two_phase"])
+    p.add_argument("--base-model", help="pretrained model folder (upstream layout); with --parent: the parent's")
+    p.add_argument("--data", help="dataset: fish folders, LJSpeech, CSV, JSONL or parquet")
+    p.add_argument("--out", help="this version's folder (default runs/v1); the same --out again resumes")
+    p.add_argument("--parent", help="version to build on (name or folder), adapter folder, or upstream LoRA .ckpt")
+    p.add_argument("--incremental", choices=["auto", "lora_on_lora", "merge_then_lora"])
+    p.add_argument("--speaker", help="two_phase: the speaker of phase two (default: most audio)")
+    p.add_argument("--max-steps", type=int, help="default: recommended from the data")
+    p.add_argument("--lr", type=float, help="full-weight lr (default 1e-5; incremental: a tenth of the parent's)")
+    p.add_argument("--lora-lr", type=float, help="adapter lr (default 1e-4; incremental: a tenth of the parent's)")
+    p.add_argument("--lora-r", type=int)
+    p.add_argument("--lora-alpha", type=int)
+    p.add_argument("--adapter", choices=["lora", "dora"])
+    p.add_argument("--targets", choices=["attention_mlp", "upstream", "fast_only"])
+    p.add_argument("--save-every", type=int)
+    p.add_argument("--val-every", type=int)
+    p.add_argument("--max-tokens", type=int, help="codec frames per micro-batch")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--gpu", help="price-table row for the cost estimate, e.g. A100-80GB (default: detected)")
+    p.add_argument("--no-package", action="store_true", help="skip the .tar.gz")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other setting, e.g. train.grad_accum=2")
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("export", help="merge an adapter into its base (verified) in upstream layout, or copy it")
+    p.add_argument("--base-model", required=True, help="the model folder the adapter was trained on")
+    p.add_argument("--adapter", required=True, help="adapter folder (adapter_config.json, tts_adapter.json)")
+    p.add_argument("--out", required=True, help="folder to write; an existing one is refused without --overwrite")
+    p.add_argument("--adapter-only", action="store_true", help="copy the adapter (peft format) instead of merging")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import-lora", help="turn an upstream Fish Speech (Lightning/loralib) LoRA into an adapter")
+    p.add_argument("checkpoint", help="upstream .ckpt or .pth with lora_A/lora_B weights")
+    p.add_argument("--base-model", required=True, help="the model folder it was trained on")
+    p.add_argument("--out", required=True, help="adapter folder to write")
+    p.add_argument("--lora-alpha", type=float, default=16, help="not stored upstream; 16 = upstream's r_8_alpha_16")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_import_lora)
+
     p = sub.add_parser("make-tiny-model", help="write the tiny-demo checkpoint folder (random weights)")
     p.add_argument("out_dir", help="folder to write (upstream layout)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace the files of an existing folder")
     p.set_defaults(func=cmd_make_tiny_model)
+
+    p = sub.add_parser("versions", help="fine-tuned versions of a project: list, compare, rollback")
+    p.add_argument("--project", default="runs", help="folder of version folders")
+    p.set_defaults(func=cmd_versions, action="list")
+    actions = p.add_subparsers(dest="action")
+    # SUPPRESS: --project given after the action must not reset one given before it
+    project = dict(default=argparse.SUPPRESS, help="folder of version folders (default runs)")
+    actions.add_parser("list", help="one line per version, the current one marked").add_argument("--project", **project)
+    q = actions.add_parser("compare", help="the fields that differ between two versions")
+    q.add_argument("a", help="version name or folder")
+    q.add_argument("b", help="version name or folder")
+    q.add_argument("--project", **project)
+    q = actions.add_parser("rollback", help="make an earlier version current (deletes nothing)")
+    q.add_argument("version", help="version name or folder")
+    q.add_argument("--project", **project)
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
     p = bench.add_parser("padding", help="padding efficiency of bucketed vs random batches")

@@ -2,9 +2,10 @@
 
 It runs the pipeline the way a real run does: prepare the bundled demo data (ingest, held-out
 split, validation), plan length-bucketed batches, write the tiny-demo base model (random weights),
-encode every clip to codec codes (cached), score one batch, then fully fine-tune for a few dozen
-steps with validation, EMA and checkpoints. Running it again resumes the same run folder, which is
-then already finished. LoRA modes, merging and export join this command with the modes work.
+encode every clip to codec codes (cached), score one batch, then run the fine-tune entry point in
+quick_lora mode for a few dozen steps: cost estimate, LoRA training with validation, EMA and
+checkpoints, verified merge, lineage metadata and a download package in runs/demo/v1. Running it
+again finds that version finished and changes nothing.
 """
 
 from __future__ import annotations
@@ -17,14 +18,13 @@ import numpy as np
 import torch
 
 from tts_lib.codes_cache import extract_codes
+from tts_lib.finetune import FinetuneConfig, run_finetune
 from tts_lib.manifest import write_manifest
 from tts_lib.models import load_family
 from tts_lib.models.fish_speech.tiny import make_tiny_checkpoint
 from tts_lib.padding_bench import padding_efficiency
 from tts_lib.prepare import prepare_dataset
 from tts_lib.sampler import LengthBucketedBatchSampler, frames_for_duration
-from tts_lib.train import train
-from tts_lib.train_config import TrainConfig
 from tts_lib.validation_report import format_report
 
 DEMO_MAX_TOKENS = 512  # codec frames per batch (about 24 s of audio): small steps for a CPU
@@ -74,12 +74,14 @@ def run(args: argparse.Namespace) -> int:
         f"(chance {math.log(family.config.vocab_size):.2f}), fast loss {parts.fast_sum.item() / parts.fast_count:.2f} "
         f"(chance {math.log(family.config.codebook_size):.2f})"
     )
-    config = TrainConfig(
-        base_model=str(base), manifest=str(data.manifest), run_dir=str(out / "train"), max_steps=DEMO_STEPS,
-        max_tokens=DEMO_MAX_TOKENS, val_every=10, save_every=10, log_every_seconds=2.0,
-    )  # fmt: skip
-    config.optim.lr = 1e-3  # a random tiny model: a large step shows the loss move within seconds
-    config.schedule.warmup_steps = 5
-    result = train(config)
-    print(f"Fine-tuned tiny-demo: {result.final_model} (upstream layout; it still generates noise)")
+    # The product's entry point from here on: a quick LoRA with estimate, merge, lineage and package.
+    config = FinetuneConfig(mode="quick_lora", base_model=str(base), data=args.data, out=str(out / "v1"),
+                            max_steps=DEMO_STEPS, lora_lr=1e-3, codes_cache=str(out / "codes"))  # fmt: skip
+    config.train.max_tokens, config.train.val_every, config.train.save_every = DEMO_MAX_TOKENS, 10, 10
+    config.train.log_every_seconds = 2.0
+    config.train.schedule.warmup_steps = 5
+    # a random tiny model: a large step shows the loss move within seconds
+    results = run_finetune(config)
+    print(f"Fine-tuned tiny-demo: merged model {results['merged_dir']} (upstream layout; it still generates "
+          f"noise), adapter {results['adapter_dir']}, package {results['package']}")  # fmt: skip
     return 0

@@ -31,12 +31,20 @@ def prepare_dataset(
     validation: ValidationConfig | None = None,
     split: SplitConfig | None = None,
     encoder: Encoder | None = None,
+    parent_manifest: str | Path | None = None,
     **ingest_options,
 ) -> PreparedData:
+    """Ingest, split and validate `source` into `out_dir/manifest.jsonl` + `validation.json`.
+
+    Splits are sticky: items keep the split they had in `out_dir`'s earlier manifest, or else in
+    `parent_manifest` (an earlier version's), so what was held out stays held out."""
     out_dir = Path(out_dir)
     manifest = out_dir / "manifest.jsonl"
     result = ingest(source, **ingest_options)
-    previous = {i.id: i.split for i in read_manifest(manifest) if i.split} if manifest.exists() else {}
+    previous = {}
+    for earlier in (parent_manifest, manifest):  # the run's own manifest wins over the parent's
+        if earlier is not None and Path(earlier).exists():
+            previous.update({i.id: i.split for i in read_manifest(earlier) if i.split})
     split_summary = assign_splits(result.items, split, previous)
     report = validate_items(
         result.items,

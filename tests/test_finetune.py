@@ -1,0 +1,197 @@
+"""Each fine-tuning mode end to end on tiny-demo and a slice of data/demo: outputs, lineage,
+incremental runs from earlier versions, resume after an interruption, and the refusals."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tts_lib.adapters import AdapterConfig
+from tts_lib.finetune import FinetuneConfig, run_finetune
+from tts_lib.lineage import read_metadata
+from tts_lib.manifest import read_manifest
+from tts_lib.models import load_family
+from tts_lib.models.fish_speech.lm import FishSpeechLM
+from tts_lib.models.fish_speech.tiny import make_tiny_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "data" / "demo"
+
+
+def copy_clips(dst: Path, speaker: str, numbers: range) -> None:
+    (dst / speaker).mkdir(parents=True, exist_ok=True)
+    for n in numbers:
+        for ext in (".flac", ".lab"):
+            shutil.copy(DEMO / speaker / f"{speaker}_{n:03d}{ext}", dst / speaker)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A tiny base, a first dataset (7 + 4 clips), and a grown one (3 more clips of fi_female)."""
+    root = tmp_path_factory.mktemp("finetune")
+    base = make_tiny_checkpoint(root / "tiny-demo")
+    first, grown = root / "data1", root / "data2"
+    copy_clips(first, "fi_female", range(1, 8))
+    copy_clips(first, "fi_male", range(1, 5))
+    shutil.copytree(first, grown)
+    copy_clips(grown, "fi_female", range(8, 11))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TTS_LIB_CACHE", str(root / "cache"))
+        yield {"root": root, "base": base, "first": first, "grown": grown, "project": root / "runs"}
+
+
+def config(world, name, **over) -> FinetuneConfig:
+    c = FinetuneConfig(base_model=str(world["base"]), data=str(world["first"]), out=str(world["project"] / name),
+                       max_steps=4, estimate_steps=1, adapter=AdapterConfig(lora_dropout=0.0))  # fmt: skip
+    for key, value in over.items():
+        setattr(c, key, value)
+    c.train.max_tokens, c.train.val_every, c.train.save_every, c.train.log_every_seconds = 512, 2, 2, 60.0
+    return c
+
+
+@pytest.fixture(scope="module")
+def v1(world):
+    return run_finetune(config(world, "v1"))
+
+
+def test_quick_lora_leaves_a_merged_model_an_adapter_a_package_and_lineage(world, v1, capsys):
+    out = world["project"] / "v1"
+    assert v1["version"] == "v1" and v1["mode"] == "quick_lora"
+    merged = Path(v1["merged_dir"])
+    assert {"config.json", "model.pth", "tokenizer.tiktoken", "codec.pth"} <= {p.name for p in merged.iterdir()}
+    FishSpeechLM.from_pretrained(merged)
+    assert (Path(v1["adapter_dir"]) / "adapter_model.safetensors").is_file()
+    assert Path(v1["package"]).is_file() and v1["package"].endswith(".tar.gz")
+    meta = read_metadata(out)
+    assert meta["number"] == 1 and meta["parent"] is None and meta["steps"] == 4
+    assert meta["samples"] == {"new": 11, "total": 11}
+    assert meta["hyperparameters"]["lr"] == 1e-4 and meta["hyperparameters"]["r"] == 8
+    assert meta["best_val"]["val_codebook_loss"] > 0
+    assert json.loads((out / "estimate.json").read_text())["tokens_per_s"] > 0
+    assert json.loads((out / "results.json").read_text()) == v1
+    again = run_finetune(config(world, "v1"))  # finished: nothing is redone or overwritten
+    assert again == v1 and "already finished" in capsys.readouterr().out
+
+
+def test_two_phase_keeps_the_language_base_and_a_speaker_adapter(world):
+    results = run_finetune(config(world, "two", mode="two_phase", speaker_max_steps=2))
+    out = world["project"] / "two"
+    assert (Path(results["language_base_dir"]) / "model.pth").is_file()
+    assert (Path(results["adapter_dir"]) / "adapter_model.safetensors").is_file()
+    speaker_items = read_manifest(out / "data" / "speaker_fi_female.jsonl")  # 7 clips beat 4
+    assert speaker_items and {i.speaker for i in speaker_items} == {"fi_female"}
+    assert read_metadata(out)["start_model"]["folder"] == str((out / "phase1_full" / "final").resolve())
+    with pytest.raises(ValueError, match="speaker 'nobody' is not in .*fi_female \\("):
+        run_finetune(config(world, "two-bad", mode="two_phase", speaker="nobody"))
+
+
+def test_incremental_lora_on_lora_keeps_old_validation_items(world, v1):
+    results = run_finetune(config(world, "v2", data=str(world["grown"]), parent="v1"))
+    meta = read_metadata(world["project"] / "v2")
+    assert meta["parent"]["version"] == "v1" and meta["number"] > read_metadata(world["project"] / "v1")["number"]
+    assert meta["samples"]["new"] == 3 and meta["samples"]["total"] == 14
+    assert meta["hyperparameters"]["lr"] == pytest.approx(1e-5)  # a tenth of the parent's
+    assert meta["start_model"] == read_metadata(world["project"] / "v1")["start_model"]  # same base, same adapter
+    old_val = {i.id for i in read_manifest(world["project"] / "v1" / "data" / "manifest.jsonl") if i.split == "val"}
+    new_val = {i.id for i in read_manifest(world["project"] / "v2" / "data" / "manifest.jsonl") if i.split == "val"}
+    assert old_val and old_val <= new_val
+    first = load_file(str(Path(v1["adapter_dir"]) / "adapter_model.safetensors"))
+    second = load_file(str(Path(results["adapter_dir"]) / "adapter_model.safetensors"))
+    assert first.keys() == second.keys() and any(not torch.equal(first[k], second[k]) for k in first)
+
+
+def test_incremental_with_another_rank_merges_first_or_is_refused(world, v1):
+    other_rank = AdapterConfig(r=4, lora_alpha=8, lora_dropout=0.0)
+    results = run_finetune(config(world, "v3", parent="v1", adapter=other_rank))
+    meta = read_metadata(world["project"] / "v3")
+    assert meta["start_model"]["folder"] == str(Path(v1["merged_dir"]).resolve())  # merged v1, then a new LoRA
+    assert json.loads((Path(results["adapter_dir"]) / "adapter_config.json").read_text())["r"] == 4
+    with pytest.raises(ValueError, match="r 8 -> 4.*merge"):
+        run_finetune(config(world, "v4", parent="v1", adapter=other_rank, incremental="lora_on_lora"))
+
+
+def test_bad_parents_are_refused_with_a_reason(world, v1):
+    with pytest.raises(FileNotFoundError, match="v1"):  # the message lists the versions there are
+        run_finetune(config(world, "x1", parent="v9"))
+    other = make_tiny_checkpoint(world["root"] / "other-base", seed=1)
+    with pytest.raises(ValueError, match="trained from base model 'tiny-demo'"):
+        run_finetune(config(world, "x2", parent="v1", base_model=str(other)))
+
+
+def test_rerunning_an_interrupted_run_ends_with_the_same_weights(world, v1, tmp_path):
+    out = world["project"] / "killed"
+    cmd = [sys.executable, "-m", "tts_lib", "finetune", "--base-model", str(world["base"]), "--data",
+           str(world["first"]), "--out", str(out), "--max-steps", "4", "--save-every", "1", "--val-every", "2",
+           "--max-tokens", "512", "--set", "estimate_steps=1", "--set", "adapter.lora_dropout=0.0"]  # fmt: skip
+    env = {**os.environ, "TTS_LIB_CACHE": str(world["root"] / "cache")}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env)
+    latest = out / "train" / "checkpoints" / "latest.json"
+    deadline = time.monotonic() + 180
+    while not latest.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=120)[0]
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal landed")  # too fast to interrupt: nothing to check
+    assert proc.returncode == 3, output
+    assert not (out / "results.json").exists()
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "resuming the unfinished run" in done.stdout
+    straight = load_file(str(Path(v1["adapter_dir"]) / "adapter_model.safetensors"))
+    resumed = load_file(str(out / "train" / "final_adapter" / "adapter_model.safetensors"))
+    assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def loralib_checkpoint(base: Path, path: Path) -> Path:
+    """An upstream-style Lightning checkpoint: base weights + loralib lora_A/lora_B (r 8) under `model.`."""
+    from tts_lib.adapters import add_adapters
+
+    model = load_family(base).load_model()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    peft_model = add_adapters(model, AdapterConfig(targets="upstream"))
+    g = torch.Generator().manual_seed(3)
+    for name, p in peft_model.named_parameters():
+        if "lora_" in name:
+            module = name.removeprefix("base_model.model.").split(".lora_")[0]
+            part = "lora_A" if ".lora_A." in name or "lora_embedding_A" in name else "lora_B"
+            state[f"{module}.{part}"] = torch.randn(p.shape, generator=g) * 0.05
+    torch.save({"state_dict": {f"model.{k}": v for k, v in state.items()}}, path)
+    return path
+
+
+def test_an_upstream_lora_checkpoint_is_imported_and_continued(world):
+    ckpt = loralib_checkpoint(world["base"], world["root"] / "upstream-lora.ckpt")
+    upstream = AdapterConfig(targets="upstream", lora_dropout=0.0)
+    results = run_finetune(config(world, "from-upstream", parent=str(ckpt), adapter=upstream))
+    imported = load_file(
+        str(world["project"] / "from-upstream" / "imported_parent_adapter" / "adapter_model.safetensors")
+    )
+    trained = load_file(str(Path(results["adapter_dir"]) / "adapter_model.safetensors"))
+    assert imported.keys() == trained.keys() and len(imported) > 0
+    lora_b = [k for k in imported if "lora_B" in k or "lora_embedding_B" in k]
+    assert all(imported[k].abs().sum() > 0 for k in lora_b)  # the import carried the upstream weights over
+    assert read_metadata(world["project"] / "from-upstream")["parent"]["checkpoint"] == str(ckpt.resolve())
+
+
+def test_parent_kinds_are_detected(world, v1):
+    from tts_lib.parents import resolve_start
+
+    base = world["base"]
+    args = (world["project"], base, load_family(base).identity(), "quick_lora", AdapterConfig(lora_dropout=0.0), "auto")
+    merged = resolve_start(v1["merged_dir"], *args, world["root"])  # a model folder: trained from as a base
+    assert merged.kind == "model" and merged.weights == Path(v1["merged_dir"]) and merged.init_adapter is None
+    adapter = resolve_start(v1["adapter_dir"], *args, world["root"])  # an adapter folder: continued
+    assert adapter.kind == "adapter" and adapter.weights == base and adapter.init_adapter == Path(v1["adapter_dir"])
+    version = resolve_start("v1", *args, world["root"])
+    assert version.kind == "version" and version.manifest == world["project"] / "v1" / "data" / "manifest.jsonl"
+    with pytest.raises(ValueError, match="expected a version folder"):
+        resolve_start(str(world["first"]), *args, world["root"])
