@@ -81,6 +81,19 @@ def test_quick_lora_leaves_a_merged_model_an_adapter_a_package_and_lineage(world
     assert again == v1 and "already finished" in capsys.readouterr().out
 
 
+def test_full_mode_exports_the_trained_weights_without_an_adapter(world):
+    results = run_finetune(config(world, "full", mode="full", max_steps=3, package=False))
+    assert results["adapter_dir"] is None and results["package"] is None
+    merged = Path(results["merged_dir"])
+    assert merged == (world["project"] / "full" / "train" / "final").resolve()
+    trained, base = (
+        FishSpeechLM.from_pretrained(merged).state_dict(),
+        FishSpeechLM.from_pretrained(world["base"]).state_dict(),
+    )
+    assert any(not torch.equal(trained[k], base[k]) for k in base)  # all weights could move, and some did
+    assert read_metadata(world["project"] / "full")["hyperparameters"]["lr"] == 1e-5
+
+
 def test_two_phase_keeps_the_language_base_and_a_speaker_adapter(world):
     results = run_finetune(config(world, "two", mode="two_phase", speaker_max_steps=2))
     out = world["project"] / "two"
