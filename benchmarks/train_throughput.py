@@ -1,6 +1,13 @@
-"""python benchmarks/train_throughput.py [--steps N] [--max-tokens T] [--memory-steps M]
+"""python benchmarks/train_throughput.py [--data demo|ljspeech-like] [--items N] [--steps N] [--max-tokens T]
+                                        [--memory-steps M]
 
-Training throughput of the engine (`tts_lib.train.train`) on CPU, tiny-demo model, all of data/demo:
+Training throughput of the engine (`tts_lib.train.train`) on CPU, tiny-demo model, on one of two data sets:
+
+- demo (default): all of data/demo (35 clips), codes extracted with the tiny codec; max_tokens 1024.
+- ljspeech-like: --items synthetic items (default 400) whose durations are drawn from
+  benchmarks/durations_ljspeech_like.txt (1.11-10.10 s), frames = `frames_for_duration(duration)`,
+  random codes within the tiny model's codebook sizes and random transcripts of about 15 characters
+  per second, written as .npy files plus a manifest that `train()` reads like real data; max_tokens 4096.
 
 (a) engine: `train()` with EMA on, no validation, no checkpoints until the end; tokens/s per step
     from its metrics.jsonl (median) and supervised tokens / wall time between step callbacks.
@@ -23,25 +30,29 @@ import argparse
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from tts_lib.codes_cache import extract_codes
 from tts_lib.ingest import ingest
-from tts_lib.manifest import read_manifest, write_manifest
+from tts_lib.manifest import Item, read_manifest, write_manifest
 from tts_lib.models import load_family
+from tts_lib.models.fish_speech.codec import CODEC_CONFIG_FILE, FishCodecConfig
 from tts_lib.models.fish_speech.loss import supervised_counts
 from tts_lib.models.fish_speech.tiny import make_tiny_checkpoint
 from tts_lib.optim import OptimConfig, clip_gradients, make_optimizer
-from tts_lib.padding_bench import random_batches
-from tts_lib.sampler import LengthBucketedBatchSampler
+from tts_lib.padding_bench import padding_efficiency, random_batches, read_durations
+from tts_lib.sampler import LengthBucketedBatchSampler, frames_for_duration
 from tts_lib.split import assign_splits
 from tts_lib.train import load_samples, train
 from tts_lib.train_config import TrainConfig
@@ -51,6 +62,12 @@ THREADS = 2  # fixed so runs on different machines (and variants within a run) a
 WARMUP = 5  # steps run before timing starts: first-call allocations and kernel selection
 SEED = 0
 RSS_EVERY = 50
+DURATIONS = ROOT / "benchmarks" / "durations_ljspeech_like.txt"
+CHARS_PER_SECOND = 15  # transcript length of the synthetic items: about read-speech pace
+# Default padded-token budget per data set. Sequences (text prompt + codec frames) are 34-267 tokens on
+# demo and 44-304 (mean ~200) on ljspeech-like at 400 items: 1024 fits 3 of the longest demo items,
+# 4096 fits 13 of the longest synthetic ones, ~19 items per bucketed batch (the padding benchmark's budget).
+MAX_TOKENS = {"demo": 1024, "ljspeech-like": 4096}
 
 
 @dataclass
@@ -83,15 +100,51 @@ def rss_bytes() -> int:
         raise RuntimeError("no psutil and no /proc/self/status: cannot read RSS") from None
 
 
-def prepare(work: Path) -> tuple[Path, Path]:
-    """tiny-demo and a manifest of all of data/demo with codes, every item in train."""
+def prepare(work: Path, data: str, n_items: int) -> tuple[Path, Path]:
+    """tiny-demo and a manifest with codes, every item in train: data/demo or a synthetic LJSpeech-like set."""
     base = make_tiny_checkpoint(work / "tiny-demo")
+    if data == "ljspeech-like":
+        return base, write_synthetic(work, base, n_items)
     items = ingest(ROOT / "data" / "demo").items
     assign_splits(items)
     for item in items:  # validation is off here, so held-out items would only shrink the data
         item.split = "train"
     extract_codes(items, load_family(base).codec_spec(), work / "codes")
     return base, write_manifest(work / "manifest.jsonl", items)
+
+
+def write_synthetic(work: Path, base: Path, n_items: int) -> Path:
+    """n_items items with durations drawn from DURATIONS, random codes and transcripts, and no audio.
+
+    Only the audio files are missing (train() never opens them): codes are .npy files of shape
+    (num_codebooks, frames) with the semantic row below the model's codebook size and the residual
+    rows below the codec's, exactly what code extraction writes.
+    """
+    rng = random.Random(SEED)
+    durations = rng.sample(read_durations(DURATIONS), n_items)
+    config = load_family(base).config
+    codec = FishCodecConfig.from_file(base / CODEC_CONFIG_FILE)
+    highs = [config.codebook_size] + [codec.residual_codebook_size] * (config.num_codebooks - 1)
+    codes_rng = np.random.default_rng(SEED)
+    (work / "codes").mkdir()
+    items = []
+    for i, seconds in enumerate(durations):
+        frames = frames_for_duration(seconds)
+        codes = np.stack([codes_rng.integers(0, high, frames, dtype=np.int16) for high in highs])
+        np.save(codes_path := work / "codes" / f"{i:05d}.npy", codes)
+        items.append(Item(id=f"synthetic/{i:05d}", audio=str(work / "audio" / f"{i:05d}.wav"),
+                          text=random_text(rng, round(seconds * CHARS_PER_SECOND)), speaker="synthetic",
+                          duration=seconds, sample_rate=44100, channels=1, split="train",
+                          codes=str(codes_path)))  # fmt: skip
+    return write_manifest(work / "manifest.jsonl", items)
+
+
+def random_text(rng: random.Random, chars: int) -> str:
+    """Random lower-case words of 2-9 letters joined by spaces, cut to `chars` characters (at least 2)."""
+    words: list[str] = []
+    while sum(len(w) + 1 for w in words) < chars:
+        words.append("".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=rng.randint(2, 9))))
+    return " ".join(words)[: max(chars, 2)].strip()
 
 
 def engine_config(base: Path, manifest: Path, run_dir: Path, steps: int, max_tokens: int) -> TrainConfig:
@@ -185,23 +238,33 @@ def memory_run(base: Path, manifest: Path, run_dir: Path, steps: int, max_tokens
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200, help="timed steps per variant (after warm-up)")
-    parser.add_argument("--max-tokens", type=int, default=1024, help="padded-token budget per batch")
+    parser.add_argument("--data", choices=sorted(MAX_TOKENS), default="demo", help="data set (see above)")
+    parser.add_argument("--items", type=int, default=400, help="synthetic items for --data ljspeech-like")
+    parser.add_argument("--max-tokens", type=int, help="padded-token budget per batch (demo 1024, ljspeech-like 4096)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repeats of each variant; the best counts")
     parser.add_argument("--memory-steps", type=int, default=0, help="also sample RSS over an engine run this long")
     args = parser.parse_args()
+    if args.max_tokens is None:
+        args.max_tokens = MAX_TOKENS[args.data]
     torch.set_num_threads(THREADS)
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"{THREADS} threads, python {platform.python_version()}")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="train-throughput-") as tmp:
         work = Path(tmp)
-        base, manifest = prepare(work)
+        base, manifest = prepare(work, args.data, args.items)
         items = read_manifest(manifest)
         family = load_family(base)
         lengths = [s.tokens.shape[1] for s in load_samples(family, items)]
-        print(f"data: {len(items)} items from data/demo, {len({i.speaker for i in items})} speakers, "
+        source = "data/demo" if args.data == "demo" else f"ljspeech-like synthetic ({DURATIONS.name})"
+        print(f"data: {len(items)} items from {source}, {len({i.speaker for i in items})} speakers, "
               f"sequence length {min(lengths)}-{max(lengths)} (mean {statistics.mean(lengths):.0f}); "
               f"max_tokens {args.max_tokens}, {WARMUP} warm-up + {args.steps} timed steps per variant")  # fmt: skip
+        n = WARMUP + args.steps
+        bucketed = list(islice(engine_batches(lengths, args.max_tokens), n))
+        shuffled = list(islice(random_batch_stream(lengths, args.max_tokens), n))
+        print(f"padding efficiency over the first {n} batches: bucketed {padding_efficiency(bucketed, lengths):.3f}, "
+              f"random {padding_efficiency(shuffled, lengths):.3f}")  # fmt: skip
 
         # Interleaved rounds, best round per variant: this machine's CPUs may be shared, and contention
         # only ever slows a round down, so the fastest round is the closest to the code's own speed.
