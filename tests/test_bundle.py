@@ -155,7 +155,8 @@ def test_notebooks_are_clean_and_parameterized(notebook):
     assert not any(c.get("outputs") for c in code), "strip outputs before committing"
     tagged = [c for c in code if "parameters" in c["metadata"].get("tags", [])]
     assert len(tagged) == 1
-    assert "training_mode: str" in "".join(tagged[0]["source"])
+    if notebook.name == "finetune.ipynb":  # the one cell a user changes before Run All
+        assert "training_mode: str" in "".join(tagged[0]["source"])
 
 
 def test_setup_sh_passes_shellcheck():

@@ -99,16 +99,20 @@ def test_module_entry_point_runs_the_padding_bench():
     assert last.startswith("bucketed_efficiency=") and bucketed >= 0.95 > random
 
 
-def test_demo_prepares_the_bundled_data(tmp_path, capsys):
+def test_demo_runs_the_finetune_notebook_headless(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TTS_LIB_CACHE", str(tmp_path / "cache"))
     assert main(["demo", "--data", str(ROOT / "data" / "demo"), "--out", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
-    assert "Problems: 0 errors" in out and "Batch plan:" in out and "Codes: 35 encoded" in out
-    assert "First batch" in out
-    items = read_manifest(tmp_path / "run" / "manifest.jsonl")
-    assert len(items) == 35 and sum(i.split == "val" for i in items) >= 3
-    assert all(Path(i.codes).is_file() for i in items)
+    assert "Problems: 0 errors" in out and "step 40/40" in out and "merged and verified" in out
     results = json.loads((tmp_path / "run" / "v1" / "results.json").read_text())
     assert (Path(results["merged_dir"]) / "codec.pth").is_file() and Path(results["package"]).is_file()
+    assert (tmp_path / "run" / "finetune.ipynb").is_file() and (
+        tmp_path / "run" / "v1" / "listen" / "after.wav"
+    ).is_file()
+    items = read_manifest(tmp_path / "run" / "v1" / "data" / "manifest.jsonl")
+    assert (
+        len(items) == 35 and sum(i.split == "val" for i in items) >= 3 and all(Path(i.codes).is_file() for i in items)
+    )
 
 
 def test_export_cli_merges_once_and_refuses_an_existing_folder(tmp_path, capsys):

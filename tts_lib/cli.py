@@ -1,4 +1,4 @@
-"""Command line: python -m tts_lib {demo,ingest,validate,bench} ... (run with -h for the options)."""
+"""Command line: python -m tts_lib {demo,finetune,versions,export,...} ... (run with -h for the options)."""
 
 from __future__ import annotations
 
@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tts_lib", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="the offline demo: prepare data/demo and show what training would see")
+    p = sub.add_parser("demo", help="the offline demo: the fine-tune notebook, headless, on data/demo with tiny-demo")
     p.add_argument("--data", default="data/demo", help="dataset to use")
     p.add_argument("--out", default="runs/demo", help="run folder")
     p.set_defaults(func=demo.run)

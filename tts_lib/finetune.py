@@ -98,16 +98,27 @@ class Plan:
 
 def run_finetune(config: FinetuneConfig, on_metrics=None) -> dict:
     """Plan, then train, merge, record and package; a finished `out` is returned as it is."""
-    out = Path(config.out)
-    if (out / "results.json").is_file():
-        print(f"{out} is already finished (results.json); use another --out for a new version")
-        return read_json(out / "results.json")
-    return run_plan(plan_finetune(config), on_metrics)
+    done = finished(config.out)
+    if done is not None:
+        print(f"{config.out} is already finished (results.json); use another --out for a new version")
+        return done
+    plan = plan_finetune(config)
+    print(plan.estimate_text)
+    return run_plan(plan, on_metrics)
+
+
+def finished(out: str | Path) -> dict | None:
+    """The results of a finished version folder, or None."""
+    path = Path(out) / "results.json"
+    return read_json(path) if path.is_file() else None
 
 
 def plan_finetune(config: FinetuneConfig) -> Plan:
-    """Start point, data (prepared and encoded), recommended steps and learning rates, cost estimate."""
+    """Start point, data (prepared and encoded), recommended steps and learning rates, cost estimate.
+    A finished version folder is refused: it is never prepared or trained again."""
     out = Path(config.out)
+    if finished(out) is not None:
+        raise FileExistsError(f"{out} is a finished version (results.json); use another folder for a new version")
     out.mkdir(parents=True, exist_ok=True)
     run = resume_or_start(config, out)
     base = Path(config.base_model) if config.base_model else parents.base_of(config.parent, out.parent)
@@ -140,7 +151,6 @@ def plan_finetune(config: FinetuneConfig) -> Plan:
     planned = steps + (speaker_data[1] if speaker_data else 0)  # phase two priced at phase one's rate: an upper bound
     scratch = parents.recommended_steps(total_frames, budget, epochs, MIN_STEPS["fresh"]) if start.parent else None
     estimate, text = estimate_run(config, out, start, train_items, planned, scratch, table, gpu)
-    print(text)
     return Plan(config, out, run["number"], base, identity, start, report, items, new, steps, lr, lora_lr,
                 speaker_data, gpu, table, estimate, text)  # fmt: skip
 

@@ -13,7 +13,7 @@ from torch import Tensor
 from tts_lib.codes_cache import CodecSpec, checkpoint_hash
 from tts_lib.fileio import atomic_copy
 from tts_lib.models.fish_speech.checkpoint import MODEL_FILE
-from tts_lib.models.fish_speech.codec import FishCodec
+from tts_lib.models.fish_speech.codec import CODEC_CONFIG_FILE, FishCodec, FishCodecConfig
 from tts_lib.models.fish_speech.config import CONFIG_FILE, FishSpeechConfig
 from tts_lib.models.fish_speech.generate import build_prompt, generate
 from tts_lib.models.fish_speech.lm import FishSpeechLM
@@ -23,7 +23,7 @@ from tts_lib.models.fish_speech.tokenizer import IM_END, FishTokenizer
 
 CODEC_FILE = "codec.pth"
 # Files an export copies from the base folder unchanged (codec.pth too: upstream's merge forgets it).
-PASSTHROUGH_FILES = ("tokenizer.tiktoken", "special_tokens.json", CODEC_FILE, "codec_config.json")
+PASSTHROUGH_FILES = ("tokenizer.tiktoken", "special_tokens.json", CODEC_FILE, CODEC_CONFIG_FILE)
 
 
 class FishSpeechFamily:
@@ -47,6 +47,13 @@ class FishSpeechFamily:
         if self._codec is None:
             self._codec = FishCodec.from_pretrained(self.folder / CODEC_FILE, device=device)
         return self._codec
+
+    def codec_config(self) -> FishCodecConfig:
+        """The codec's settings without loading its weights (the sidecar, else S1-mini's)."""
+        if self._codec is not None:
+            return self._codec.config
+        sidecar = self.folder / CODEC_CONFIG_FILE
+        return FishCodecConfig.from_file(sidecar) if sidecar.is_file() else FishCodecConfig()
 
     def codec_spec(self, device: str | torch.device = "cpu") -> CodecSpec:
         """What the codes cache needs: a batch encoder and the codec's identity."""
@@ -78,7 +85,7 @@ class FishSpeechFamily:
     ) -> Tensor:
         """Text (and optional reference (transcript, codes) pairs) -> codes (num_codebooks, F)."""
         prompt = build_prompt(self.tokenizer, text, num_codebooks=self.config.num_codebooks, references=references)
-        residual = self.codec().config.residual_codebook_size if (self.folder / CODEC_FILE).exists() else None
+        residual = self.codec_config().residual_codebook_size if (self.folder / CODEC_FILE).exists() else None
         sampling.setdefault("max_new_tokens", self.config.max_seq_len - prompt.shape[1])
         return generate(
             model, prompt, im_end_id=self.tokenizer.token_id(IM_END), residual_codebook_size=residual, **sampling
