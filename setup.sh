@@ -174,6 +174,13 @@ else
   fi
 fi
 
+# The quality metrics' models (Whisper for intelligibility, WavLM for speaker similarity) are only worth
+# their 1 GB on a GPU instance; without them the notebook's metrics section says "not available".
+if [ "$DEMO" = "0" ] && command -v nvidia-smi >/dev/null 2>&1; then
+  download metric-models
+  [ "$DL_RC" = "0" ] || echo "metric models not downloaded: the quality metrics will report 'not available'"
+fi
+
 step 6 "Check"
 # GPU memory and disk each mode needs, as in launchable.yaml (computed, not measured; the arithmetic is there):
 # quick_lora: bf16 weights ~1.7 GB + activations; full and two_phase: ~16 bytes/param (~14 GB) + activations.

@@ -107,7 +107,7 @@ def test_demo_runs_the_finetune_notebook_headless(tmp_path, capsys, monkeypatch)
     results = json.loads((tmp_path / "run" / "v1" / "results.json").read_text())
     assert (Path(results["merged_dir"]) / "codec.pth").is_file() and Path(results["package"]).is_file()
     assert (tmp_path / "run" / "finetune.ipynb").is_file() and (
-        tmp_path / "run" / "v1" / "listen" / "after.wav"
+        tmp_path / "run" / "v1" / "listen" / "after" / "0.wav"
     ).is_file()
     items = read_manifest(tmp_path / "run" / "v1" / "data" / "manifest.jsonl")
     assert (

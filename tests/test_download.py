@@ -198,3 +198,20 @@ def test_other_dataset_is_downloaded_as_it_is(calls, tmp_path):
     download.download_dataset("someone/finnish-tts", "main", tmp_path / "d", config=None)
     (kw,) = calls.kwargs
     assert kw["allow_patterns"] == download.OTHER_DATASET_PATTERNS and kw["local_dir"] == tmp_path / "d"
+
+
+def test_metric_models_go_to_the_hub_cache_and_failures_say_why(calls, tmp_path):
+    from tts_lib.quality_metrics import ASR_MODEL, SPEAKER_MODEL
+
+    calls.effect = lambda **kw: str(tmp_path)
+    assert download.download_metric_models() == [ASR_MODEL, SPEAKER_MODEL]
+    assert [c["repo_id"] for c in calls.kwargs] == [ASR_MODEL, SPEAKER_MODEL]
+    assert all("local_dir" not in c for c in calls.kwargs)  # the cache, where transformers looks them up
+
+    def offline(**kw):
+        raise huggingface_hub.errors.LocalEntryNotFoundError("no connection")
+
+    calls.effect = offline
+    with pytest.raises(download.DownloadError) as e:
+        download.download_metric_models()
+    assert e.value.kind == "offline"

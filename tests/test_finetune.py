@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -77,6 +78,14 @@ def test_quick_lora_leaves_a_merged_model_an_adapter_a_package_and_lineage(world
     assert meta["best_val"]["val_codebook_loss"] > 0
     assert json.loads((out / "estimate.json").read_text())["tokens_per_s"] > 0
     assert json.loads((out / "results.json").read_text()) == v1
+    assert v1["forgetting"] is None and meta["forgetting"] is None and not (out / "forgetting.json").exists()
+    assert v1["plots"] == [str(out / "dataset.png"), str(out / "train" / "training.png")]
+    assert all(Path(p).stat().st_size > 1000 for p in v1["plots"])
+    for folder in (merged, Path(v1["adapter_dir"])):
+        card = (folder / "README.md").read_text()
+        assert "## Lineage" in card and "## Metrics" in card and "## Licence" in card and "CC-BY-NC-SA-4.0" in card
+    with tarfile.open(v1["package"]) as tar:
+        assert "v1/merged/README.md" in tar.getnames()
     again = run_finetune(config(world, "v1"))  # finished: nothing is redone or overwritten
     assert again == v1 and "already finished" in capsys.readouterr().out
 
@@ -99,6 +108,7 @@ def test_two_phase_keeps_the_language_base_and_a_speaker_adapter(world):
     out = world["project"] / "two"
     assert (Path(results["language_base_dir"]) / "model.pth").is_file()
     assert (Path(results["adapter_dir"]) / "adapter_model.safetensors").is_file()
+    assert [Path(p).parent.name for p in results["plots"][1:]] == ["phase1_full", "phase2_lora"]
     speaker_items = read_manifest(out / "data" / "speaker_fi_female.jsonl")  # 7 clips beat 4
     assert speaker_items and {i.speaker for i in speaker_items} == {"fi_female"}
     assert read_metadata(out)["start_model"]["folder"] == str((out / "phase1_full" / "final").resolve())
@@ -116,6 +126,10 @@ def test_incremental_lora_on_lora_keeps_old_validation_items(world, v1):
     old_val = {i.id for i in read_manifest(world["project"] / "v1" / "data" / "manifest.jsonl") if i.split == "val"}
     new_val = {i.id for i in read_manifest(world["project"] / "v2" / "data" / "manifest.jsonl") if i.split == "val"}
     assert old_val and old_val <= new_val
+    forgetting = results["forgetting"]  # the parent's model and v2's, on v1's and on the new held-out items
+    assert forgetting["old_data"]["before"] > 0 and forgetting["old_data"]["after"] > 0
+    assert forgetting["old_data"]["items"] == len(old_val) and isinstance(forgetting["flagged"], bool)
+    assert meta["forgetting"] == forgetting == json.loads((world["project"] / "v2" / "forgetting.json").read_text())
     first = load_file(str(Path(v1["adapter_dir"]) / "adapter_model.safetensors"))
     second = load_file(str(Path(results["adapter_dir"]) / "adapter_model.safetensors"))
     assert first.keys() == second.keys() and any(not torch.equal(first[k], second[k]) for k in first)

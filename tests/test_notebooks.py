@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
+from tts_lib.listening import EVAL_SENTENCES
+
 papermill = pytest.importorskip("papermill")
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -17,7 +19,7 @@ DEMO = ROOT / "data" / "demo"
 pytestmark = pytest.mark.slow  # two to four minutes on two CPU cores: five kernels, three short fine-tunes
 
 # Four steps each, small batches, short samples; only the first run times steps for the estimate.
-FAST = {"max_steps": 4, "speaker_max_steps": 4, "max_tokens": 512, "estimate_steps": 0, "listen_frames": 16}
+FAST = {"max_steps": 4, "speaker_max_steps": 4, "max_tokens": 512, "estimate_steps": 0, "listen_frames": 8}
 
 
 def copy_clips(dst: Path, speaker: str, numbers: range) -> None:
@@ -84,9 +86,17 @@ def check_version(world, version: str, mode: str) -> dict:
     assert (merged / "model.pth").is_file() and (merged / "codec.pth").is_file()
     assert Path(r["package"]).is_file() and r["package"].endswith(f"{version}.tar.gz")
     assert (out / "MODEL_CARD.md").is_file()
-    for name in ("before", "after"):
-        info = sf.info(out / "listen" / f"{name}.wav")
-        assert info.frames > 0 and info.samplerate == 44100
+    listen = out / "listen"
+    for name in ("before", "after"):  # every Finnish test sentence from both models
+        for k in range(len(EVAL_SENTENCES["fi"])):
+            info = sf.info(listen / name / f"{k}.wav")
+            assert info.frames > 0 and info.samplerate == 44100
+    page = (listen / "players.html").read_text()
+    assert page.count("<audio") == 4 and 'src="after/0.wav"' in page and "base64" not in page  # small: links
+    listening = json.loads((listen / "listening.json").read_text())
+    assert len(listening["rows"]) == 2 * len(EVAL_SENTENCES["fi"]) and listening["language"] == "fi"
+    assert listening["metrics"]["available"] is False  # no GPU here: not measured, so no numbers
+    assert "quality metrics not available: " in world["logs"][version]
     assert (out / "dataset.png").stat().st_size > 10_000  # the data section's plot
     assert (out / "loss.png").stat().st_size > 10_000  # the live plot's final curve
     assert (out / "data" / "manifest.jsonl").is_file()
@@ -123,9 +133,13 @@ def test_incremental_from_the_first_version(world):
 def test_a_finished_version_is_shown_not_retrained(world):
     out = world["project"] / "v1"
     before = (out / "results.json").read_bytes(), (out / "metadata.json").read_bytes()
+    wavs = {p: p.stat().st_mtime_ns for p in (out / "listen").rglob("*.wav")}
+    listening = (out / "listen" / "listening.json").read_bytes()
     log = execute("finetune.ipynb", world["root"] / "again.ipynb", output_dir=str(out), **FAST)
     assert "already finished" in log and "step 1/" not in log and "(from an earlier run)" in log
     assert ((out / "results.json").read_bytes(), (out / "metadata.json").read_bytes()) == before
+    assert {p: p.stat().st_mtime_ns for p in (out / "listen").rglob("*.wav")} == wavs  # kept, not made again
+    assert (out / "listen" / "listening.json").read_bytes() == listening
 
 
 def test_a_failure_stops_the_notebook_with_the_reason(world):
@@ -142,8 +156,9 @@ def test_inference_over_the_versions(world):
                   reference_audio=str(reference), reference_text=reference.with_suffix(".lab").read_text())  # fmt: skip
     r = json.loads((out / "results.json").read_text())
     assert r["versions"] == ["v1", "v2two", "v3"] and set(r["wavs"]) == {"base", "v1", "v2two", "v3"}
-    for path in r["wavs"].values():
-        assert sf.info(path).frames > 0
+    for paths in r["wavs"].values():
+        assert len(paths) == 1 and sf.info(paths[0]).frames > 0
+    assert (out / "players.html").read_text().count("<audio") == 4  # one sentence, four versions side by side
     assert "v1: adapter" in log and "v3: adapter" in log  # hot-swapped on the one loaded base
     assert "v2two: its adapter sits on other weights" in log  # two_phase's adapter is on its language base
     assert "* = current" in log  # the versions table

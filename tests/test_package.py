@@ -107,3 +107,24 @@ def test_outputs_outside_the_version_are_refused(version, tmp_path):
     with pytest.raises(ValueError, match="outside the version folder"):
         package_version(version)
     assert not (version / "fi-v2.tar.gz").exists()
+
+
+def test_every_model_folder_gets_the_card_as_readme_and_the_archive_holds_it(version):
+    from tts_lib.package import README_FILE, write_model_cards
+
+    forgetting = {"metric": "val_codebook_loss", "margin": 0.05, "flagged": True, "note": "rose +9.0%",
+                  "old_data": {"before": 2.0, "after": 2.18, "change": 0.18, "items": 3},
+                  "new_data": {"before": None, "after": None, "change": None, "items": 0}}  # fmt: skip
+    write_metadata(version, {**META, "forgetting": forgetting, "quality": {"cer": 0.04}})
+    written = write_model_cards(version)
+    assert sorted(p.parent.name for p in written) == ["final_adapter", "merged"]
+    card = (version / "merged" / README_FILE).read_text()
+    assert card == (version / "train" / "final_adapter" / README_FILE).read_text()
+    for section in ("## Lineage", "## Metrics", "## Licence", "## Data", "## How to use"):
+        assert section in card
+    assert "| old_data (3 items) | 2 -> 2.18 |" in card and "FLAGGED (margin 0.05)" in card and "| cer | 0.04 |" in card
+    assert "AdapterBank" in card and 'FishSpeechLM.from_pretrained("merged")' in card
+    assert "not measured" in model_card(META)  # no forgetting check, no quality metrics
+    with tarfile.open(package_version(version)) as tar:
+        names = set(tar.getnames())
+    assert {"fi-v2/merged/README.md", "fi-v2/train/final_adapter/README.md"} <= names

@@ -2,6 +2,7 @@
 
     python -m tts_lib.download model --repo fishaudio/openaudio-s1-mini --revision main --dest checkpoints/s1-mini
     python -m tts_lib.download dataset --repo google/fleurs --config fi_fi --dest data/fleurs_fi_fi
+    python -m tts_lib.download metric-models   # Whisper + WavLM for the quality metrics (GPU instances)
 
 The token comes from the environment (HF_TOKEN), read by huggingface_hub itself: it is never an argument
 on a command line, never printed and never written anywhere by this module. Every hub failure becomes a
@@ -178,6 +179,24 @@ def download_model(
     return dest
 
 
+def download_metric_models() -> list[str]:
+    """Whisper (ASR) and WavLM (speaker embeddings) into the Hugging Face cache, where the quality metrics
+    (tts_lib.quality_metrics) look for them; without them the metrics report says "not available"."""
+    from huggingface_hub import snapshot_download
+
+    from tts_lib.quality_metrics import ASR_MODEL, SPEAKER_MODEL
+
+    done = []
+    for repo_id in (ASR_MODEL, SPEAKER_MODEL):
+        try:  # weights in safetensors only: the same model twice (.bin too) would double the download
+            snapshot_download(repo_id=repo_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"])
+        except Exception as exc:
+            raise classify(exc, repo_id) from exc
+        done.append(repo_id)
+        print(f"{repo_id}: in the Hugging Face cache")
+    return done
+
+
 def is_fleurs(repo_id: str) -> bool:
     return repo_id.split("/")[-1].lower().startswith("fleurs")
 
@@ -274,9 +293,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--revision", default=DATASET_REVISION_UNPINNED)
     p.add_argument("--config", default=DATASET_CONFIG, help="FLEURS language folder (fi_fi); '' for none")
     p.add_argument("--dest", default="", help="default: data/<repo name>_<config>")
+    sub.add_parser("metric-models", help="Whisper and WavLM for the quality metrics, into the Hugging Face cache")
     args = parser.parse_args(argv)
     try:
-        if args.what == "model":
+        if args.what == "metric-models":
+            download_metric_models()
+        elif args.what == "model":
             download_model(args.repo, args.revision, args.dest)
         else:
             download_dataset(args.repo, args.revision, args.dest, args.config or None)

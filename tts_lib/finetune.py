@@ -4,12 +4,15 @@ The steps, in the order `run_finetune` takes them: find what to start from (the 
 `--parent` version, adapter or upstream LoRA checkpoint), prepare the data (the parent's held-out
 items stay held out), encode audio to codes (cached), estimate time and cost from a short timed
 warm-up, train (quick_lora: one adapter; full: all weights; two_phase: all weights on all speakers,
-then an adapter for one speaker on top), merge and verify, write lineage metadata, package. The
+then an adapter for one speaker on top), merge and verify, check forgetting (incremental runs: the
+parent's model and the new one on old and new held-out items), write lineage metadata and model cards, package. The
 outputs, all inside `out` (one version; its parent folder is the project of versions):
 
-    results.json   version, merged_dir, adapter_dir, language_base_dir, metrics, cost, package
+    results.json   version, merged_dir, adapter_dir, language_base_dir, metrics, cost, package, plots, forgetting
     metadata.json  the lineage record (tts_lib.lineage)
-    merged/        the model in upstream layout (LoRA modes; a full run's is train/final)
+    merged/        the model in upstream layout (LoRA modes; a full run's is train/final), README.md = model card
+    forgetting.json incremental runs: the parent's model and the new one on old and new held-out items
+    dataset.png, train/training.png (two_phase: phase1_full/ and phase2_lora/ each have one)
     data/, estimate.json, train/ or phase1_full/ + phase2_lora/, MODEL_CARD.md, <version>.tar.gz
 
 Running the same command again resumes an interrupted run and ends with the same weights.
@@ -35,9 +38,11 @@ from tts_lib.checkpoints import data_fingerprint
 from tts_lib.codes_cache import extract_codes
 from tts_lib.config_io import config_to_dict
 from tts_lib.fileio import atomic_write_json, default_cache_dir
+from tts_lib.forgetting import check_forgetting, format_forgetting
 from tts_lib.manifest import Item, read_manifest, write_manifest
 from tts_lib.models import load_family
 from tts_lib.models.fish_speech.loss import supervised_counts
+from tts_lib.plots import plot_dataset, plot_run
 from tts_lib.prepare import prepare_dataset
 from tts_lib.sampler import LengthBucketedBatchSampler, frames_for_duration
 from tts_lib.train import choose_precision, load_samples, train
@@ -71,6 +76,7 @@ class FinetuneConfig:
     gpu_prices: str | None = None  # YAML file that overrides the built-in $/hour table
     estimate_steps: int = 3  # timed warm-up steps for the estimate; 0 = no estimate
     package: bool = True  # write <version>.tar.gz with the merged model, adapter and model card
+    forgetting_margin: float = 0.05  # incremental runs: flag a rise of the old held-out codebook loss above 5%
 
 
 @dataclass
@@ -160,6 +166,8 @@ def run_plan(plan: Plan, on_metrics=None) -> dict:
     config, out, start, steps, lr, lora_lr = plan.config, plan.out, plan.start, plan.steps, plan.lr, plan.lora_lr
     speaker_data, items, new, estimate = plan.speaker_data, plan.items, plan.new, plan.estimate
     started = time.monotonic()
+    plot_dataset(plan.report, out / "dataset.png")
+    plots = [out / "dataset.png"]
 
     # ---- train --------------------------------------------------------------------------------
     outputs: dict[str, str] = {"manifest": "data/manifest.jsonl"}
@@ -170,6 +178,7 @@ def run_plan(plan: Plan, on_metrics=None) -> dict:
         result = train(engine, on_metrics)
         if result.interrupted:
             return interrupted(out)
+        plots.append(plot_run(out / first))
         metrics["full"] = {"best_val_codebook_loss": result.best_metric, "steps": result.step}
         outputs["language_base_dir" if config.mode == "two_phase" else "merged_dir"] = f"{first}/final"
         lora_start = parents.Start("phase1", out / first / "final")
@@ -182,6 +191,7 @@ def run_plan(plan: Plan, on_metrics=None) -> dict:
         result = train(engine, on_metrics)
         if result.interrupted:
             return interrupted(out)
+        plots.append(plot_run(run_dir))
         metrics["lora"] = {"best_val_codebook_loss": result.best_metric, "steps": result.step}
         outputs["adapter_dir"] = str(result.final_model.relative_to(out))
         merged = out / "merged"
@@ -191,6 +201,12 @@ def run_plan(plan: Plan, on_metrics=None) -> dict:
             report = merge_adapter_folder(lora_start.weights, result.final_model, merged)
             print(f"merged and verified: max |logit diff| {report.max_abs_diff:.2e} <= {report.tolerance:.2e}")
         outputs["merged_dir"] = "merged"
+    # did the new data push out what the parent knew? (None unless a parent version with a manifest)
+    forgetting = check_forgetting(start, out / outputs["merged_dir"], items, config.forgetting_margin,
+                                  config.train.max_tokens, config.train.precision)  # fmt: skip
+    if forgetting is not None:
+        atomic_write_json(out / "forgetting.json", forgetting)
+        print(format_forgetting(forgetting))
     wall = time.monotonic() - started
 
     # ---- lineage, package, results ------------------------------------------------------------
@@ -208,21 +224,23 @@ def run_plan(plan: Plan, on_metrics=None) -> dict:
         "hours": hours, "steps": steps, "best_val": best,
         "hyperparameters": {"lr": lora_lr if config.mode == "quick_lora" else lr, "full_lr": lr, "lora_lr": lora_lr,
                             **config_to_dict(config.adapter), "max_tokens": config.train.max_tokens},
-        "wall_time_s": wall, "created_at": lineage.utc_now(), "outputs": outputs,
+        "forgetting": forgetting, "wall_time_s": wall, "created_at": lineage.utc_now(), "outputs": outputs,
         "cost": {"gpu": plan.gpu, "estimated_usd": estimate.get("usd"), "estimated_hours": estimate.get("hours"),
                  "actual_usd": actual["usd"], "actual_hours": actual["hours"]},
     }  # fmt: skip
     lineage.write_metadata(out, meta)
+    from tts_lib.package import package_version, write_model_cards
+
+    write_model_cards(out)  # README.md in merged/ and the adapter folder: a folder copied alone says what it is
     package = None
     if config.package:
-        from tts_lib.package import package_version
-
         package = str(package_version(out))
         print(f"package for download: {package}")
     results = {
         "version": out.name, "mode": config.mode, "parent": start.parent,
         **{k: str((out / v).resolve()) for k, v in outputs.items()},
-        "metrics": metrics, "cost": meta["cost"], "package": package, "metadata": str(out / lineage.METADATA_FILE),
+        "metrics": metrics, "cost": meta["cost"], "package": package, "plots": [str(p) for p in plots],
+        "forgetting": forgetting, "metadata": str(out / lineage.METADATA_FILE),
     }  # fmt: skip
     results.setdefault("adapter_dir", None)
     atomic_write_json(out / "results.json", results)

@@ -23,6 +23,7 @@ from tts_lib.fileio import atomic_write_text, refuse_overwrite
 from tts_lib.lineage import METADATA_FILE, read_metadata
 
 CARD_FILE = "MODEL_CARD.md"
+README_FILE = "README.md"  # the card again, inside each model folder
 NA = "n/a"
 LICENCE = (
     "The OpenAudio S1-mini weights are released under CC-BY-NC-SA-4.0, and a fine-tune is a derivative of "
@@ -87,6 +88,8 @@ def model_card(metadata: dict) -> str:
         f"- created: {_fmt(m.get('created_at'))}",
         f"- dataset fingerprint: {_fmt(m.get('dataset_fingerprint'))}",
         "",
+        "Paths below are relative to the version folder.",
+        "",
         "## Licence",
         "",
         LICENCE,
@@ -104,10 +107,7 @@ def model_card(metadata: dict) -> str:
         "",
         *_table(("hyperparameter", "value"), m.get("hyperparameters") or {}),
         "",
-        "Best validation metrics (lower is better for losses):",
-        "",
-        *_table(("metric", "best"), m.get("best_val") or {}),
-        "",
+        *_metrics(m),
         "## Cost",
         "",
         f"GPU: {_fmt(_get(m, 'cost', 'gpu'))}; estimated {_usd(_get(m, 'cost', 'estimated_usd'))} "
@@ -130,6 +130,14 @@ def model_card(metadata: dict) -> str:
             "",
             "Add `--prompt-text` and `--prompt-tokens` for a reference voice and `--device cpu` without a GPU.",
             "",
+            "With tts_lib:",
+            "",
+            "```python",
+            "from tts_lib.models.fish_speech.lm import FishSpeechLM",
+            "",
+            f'model = FishSpeechLM.from_pretrained("{merged}")',
+            "```",
+            "",
         ]
     else:
         lines += ["No merged model in this version.", ""]
@@ -145,6 +153,17 @@ def model_card(metadata: dict) -> str:
             f'model = PeftModel.from_pretrained(FishSpeechLM.from_pretrained("BASE_DIR"), "{adapter}")',
             "```",
             "",
+            "or, to switch between several adapters on one loaded base (tts_lib.hotswap):",
+            "",
+            "```python",
+            "from tts_lib.hotswap import AdapterBank",
+            "from tts_lib.models import load_family",
+            "",
+            'bank = AdapterBank(load_family("BASE_DIR"))',
+            f'bank.load("{version}", "{adapter}")',
+            'codes = bank.generate("...")',
+            "```",
+            "",
         ]
     lines += ["## Lineage", "", f"- this version: {version}"]
     if parent:
@@ -155,6 +174,51 @@ def model_card(metadata: dict) -> str:
     else:
         lines.append(f"- parent: none; started from the base model {_fmt(_get(m, 'base_model', 'id'))}")
     return "\n".join(lines) + "\n"
+
+
+def _metrics(m: dict) -> list[str]:
+    """The Metrics section: best validation losses, the forgetting check, objective quality metrics."""
+    lines = [
+        "## Metrics",
+        "",
+        "Validation losses are measured during training on the held-out split (items with split `val`, which "
+        "for an incremental version include the parent's held-out items): `val_codebook_loss` is the mean "
+        "cross-entropy of the codebook (fast transformer) tokens, `val_slow_loss` that of the semantic and text "
+        "tokens of the slow transformer, `val_loss` their sum. The exported model is the checkpoint with the "
+        "lowest `val_codebook_loss`. Lower is better.",
+        "",
+        *_table(("metric", "best"), m.get("best_val") or {}),
+        "",
+        "Forgetting check (incremental versions: the parent's model and this one, scored on the parent's held-out "
+        "items and on the new held-out items):",
+        "",
+    ]
+    f = m.get("forgetting")
+    if not f:
+        lines.append("not measured (no parent version with a manifest)")
+    else:
+        rows = {
+            f"{key} ({_get(f, key, 'items')} items)": f"{_fmt(_get(f, key, 'before'))} -> {_fmt(_get(f, key, 'after'))}"
+            for key in ("old_data", "new_data")
+        }
+        verdict = "FLAGGED" if f.get("flagged") else "ok"
+        lines += [*_table((_fmt(f.get("metric")), "parent -> this version"), rows), ""]
+        lines.append(f"{verdict} (margin {_fmt(f.get('margin'))}): {_fmt(f.get('note'))}")
+    quality = m.get("quality")
+    lines += ["", "Objective quality metrics (intelligibility, speaker similarity, naturalness):", ""]
+    lines += _table(("metric", "value"), quality) if isinstance(quality, dict) and quality else ["not measured"]
+    return lines + [""]
+
+
+def write_model_cards(version_dir: str | Path) -> list[Path]:
+    """The model card as README.md inside each exported model folder (merged model, adapter, language base),
+    so a folder copied on its own still says what it is; returns the paths written."""
+    version_dir = Path(version_dir)
+    meta = read_metadata(version_dir)
+    card = model_card(meta)
+    folders = [version_dir / rel for key, rel in sorted((meta.get("outputs") or {}).items())
+               if key.endswith("_dir") and rel and (version_dir / rel).is_dir()]  # fmt: skip
+    return [atomic_write_text(folder / README_FILE, card) for folder in folders]
 
 
 def _inside(root: Path, path: Path, what: str) -> Path:
@@ -208,6 +272,7 @@ def package_version(version_dir: str | Path, out_tar: str | Path | None = None, 
     if not overwrite:
         refuse_overwrite(out)
     atomic_write_text(version_dir / CARD_FILE, model_card(meta))  # derived from metadata: always regenerated
+    write_model_cards(version_dir)
     members = _members(version_dir, meta)
 
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -77,11 +77,13 @@ def load_samples(family, items) -> list:
 def evaluate(model, family, samples, max_tokens: int, autocast) -> dict[str, float]:
     """Loss components and semantic accuracy over the held-out samples."""
     model.eval()
+    device = next(model.parameters()).device
     lengths = [s.tokens.shape[1] for s in samples]
     sums = {"slow": 0.0, "fast": 0.0, "slow_n": 0, "fast_n": 0, "top1": 0, "top5": 0, "frames": 0}
     for idx in LengthBucketedBatchSampler(lengths, max(max_tokens, max(lengths)), shuffle=False):
         with autocast():
-            p = family.loss_parts(model, family.collate([samples[i] for i in idx]))
+            batch = family.collate([samples[i] for i in idx])
+            p = family.loss_parts(model, {k: v.to(device) for k, v in batch.items()})
         sums["slow"] += p.slow_sum.item()
         sums["fast"] += p.fast_sum.item()
         sums["slow_n"] += p.slow_count
