@@ -89,3 +89,25 @@ def test_numbers_come_from_the_injected_models(rows, tmp_path):
     assert [r["transcript"] for r in report["rows"]] == ["qqqq", "", "hyvää huomenta", "hyvää huomenta"]
     text = format_metrics(report)
     assert "injected" in text and "not available" not in text and "after" in text
+
+
+def test_the_speaker_encoder_loads_a_local_xvector_model_and_a_clip_matches_itself(tmp_path):
+    """A tiny random WavLM x-vector model in transformers' folder layout stands in for wavlm-base-plus-sv:
+    the loader, the resampling and the embedding call run for real; a clip's similarity to itself is 1."""
+    transformers = pytest.importorskip("transformers")
+    from tts_lib.quality_metrics import load_speaker_encoder, speaker_similarity
+
+    config = transformers.WavLMConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
+        conv_dim=(32, 32), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2, tdnn_dim=(32, 32), tdnn_kernel=(5, 3), tdnn_dilation=(1, 2),
+        xvector_output_dim=16,
+    )  # fmt: skip
+    transformers.WavLMForXVector(config).save_pretrained(tmp_path / "wavlm")
+    transformers.Wav2Vec2FeatureExtractor(sampling_rate=16000).save_pretrained(tmp_path / "wavlm")
+    embed = load_speaker_encoder(str(tmp_path / "wavlm"))
+    rng = np.random.default_rng(0)
+    clip, other = rng.normal(0, 0.1, 44100).astype(np.float32), rng.normal(0, 0.1, 44100).astype(np.float32) ** 3
+    a, b = embed(clip, 44100), embed(clip, 44100)
+    assert a.shape == (16,) and speaker_similarity(a, b) == pytest.approx(1.0, abs=1e-6)
+    assert speaker_similarity(a, embed(other, 44100)) < 0.9999
