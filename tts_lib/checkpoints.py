@@ -118,23 +118,26 @@ def tensor_differences(
     return missing, unexpected, mismatched
 
 
+def differences_text(
+    found: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], labels: tuple[str, str, str], shape: str
+) -> str:
+    """One clause per kind of difference, "; "-joined, empty when the two fit. `labels` start the missing,
+    unexpected and shape clauses; `shape` formats one mismatch from `name`, `found` and `expected`."""
+    missing, unexpected, shapes = tensor_differences(found, expected)
+    mismatched = [shape.format(name=n, found=f, expected=e) for n, f, e in shapes]
+    kinds = zip(labels, (missing, unexpected, mismatched))
+    return "; ".join(f"{label}{short_list(names)}" for label, names in kinds if names)
+
+
 def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Copy saved trainable weights into `model`; names and shapes must match exactly."""
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    missing, unexpected, shapes = tensor_differences(state, params)
-    mismatched = [f"{n} saved {saved}, model {mine}" for n, saved, mine in shapes]
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"missing from checkpoint: {short_list(missing)}")
-        if unexpected:
-            parts.append(f"not trainable in the model: {short_list(unexpected)}")
-        if mismatched:
-            parts.append(f"shape differs: {short_list(mismatched)}")
+    labels = ("missing from checkpoint: ", "not trainable in the model: ", "shape differs: ")
+    problems = differences_text(state, params, labels, "{name} saved {found}, model {expected}")
+    if problems:
         raise ValueError(
-            "checkpoint weights do not fit the model's trainable parameters; "
-            + "; ".join(parts)
-            + ". Resume with the same model, LoRA settings and frozen parts as the saved run."
+            f"checkpoint weights do not fit the model's trainable parameters; {problems}. "
+            "Resume with the same model, LoRA settings and frozen parts as the saved run."
         )
     with torch.no_grad():
         for name, p in params.items():

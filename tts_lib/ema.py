@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tts_lib.checkpoints import short_list, tensor_differences
+from tts_lib.checkpoints import differences_text
 
 # Keys of EMA.state_dict().
 DECAY = "decay"
@@ -113,18 +113,11 @@ class EMA:
         self.num_updates = int(state[NUM_UPDATES])
 
     def _check_names(self, other: dict[str, torch.Tensor], what: str) -> None:
-        missing, unexpected, shapes = tensor_differences(other, self.shadow)
-        mismatched = [f"{n} {given} vs {mine}" for n, given, mine in shapes]
-        if missing or unexpected or mismatched:
-            parts = []
-            if missing:
-                parts.append(f"missing {short_list(missing)}")
-            if unexpected:
-                parts.append(f"unexpected {short_list(unexpected)}")
-            if mismatched:
-                parts.append(f"shape differs (given vs EMA) {short_list(mismatched)}")
+        labels = ("missing ", "unexpected ", "shape differs (given vs EMA) ")
+        problems = differences_text(other, self.shadow, labels, "{name} {found} vs {expected}")
+        if problems:
             raise ValueError(
-                f"EMA parameters do not match {what}: {'; '.join(parts)}. The EMA must be made from the same "
+                f"EMA parameters do not match {what}: {problems}. The EMA must be made from the same "
                 "model with the same trainable parameters (same LoRA settings and frozen parts)."
             )
 
