@@ -128,3 +128,21 @@ def test_every_model_folder_gets_the_card_as_readme_and_the_archive_holds_it(ver
     with tarfile.open(package_version(version)) as tar:
         names = set(tar.getnames())
     assert {"fi-v2/merged/README.md", "fi-v2/train/final_adapter/README.md"} <= names
+
+
+def test_measured_quality_reaches_metadata_cards_and_package(version):
+    from tts_lib.lineage import read_metadata
+    from tts_lib.package import record_quality
+
+    archive = package_version(version)
+    assert record_quality(version, {"available": False, "reason": "offline"}) is None
+    assert "quality" not in read_metadata(version)  # nothing measured: nothing recorded
+    report = {"available": True, "asr_model": "asr-x", "speaker_model": "spk-y",
+              "versions": {"before": {"cer": 0.5, "speaker_similarity": 0.61},
+                           "after": {"cer": 0.125, "speaker_similarity": 0.83}}}  # fmt: skip
+    quality = record_quality(version, report)
+    assert read_metadata(version)["quality"] == quality and quality["character error rate, after"] == 0.125
+    assert "| character error rate, after | 0.125 |" in (version / "merged" / "README.md").read_text()
+    with tarfile.open(archive) as tar:
+        card = tar.extractfile("fi-v2/MODEL_CARD.md").read().decode()
+    assert "| speaker similarity, after | 0.83 |" in card and "asr-x" in card

@@ -299,3 +299,31 @@ def _add_file(tar: tarfile.TarFile, path: Path, name: str) -> None:
     info.size, info.mtime, info.mode = stat.st_size, int(stat.st_mtime), 0o644
     with open(path, "rb") as f:
         tar.addfile(info, f)
+
+
+def record_quality(version_dir: str | Path, report: dict) -> dict | None:
+    """Measured objective metrics (tts_lib.quality_metrics.evaluate_versions) into the version's metadata
+    ("quality"), its model cards and, when there is one, its package; the listening section runs after the
+    export, so this is how a card gets the numbers. A report that says "not available" changes nothing."""
+    if not report.get("available"):
+        return None
+    quality: dict[str, Any] = {}
+    for name, v in report["versions"].items():
+        quality[f"character error rate, {name}"] = v.get("cer")
+        if v.get("speaker_similarity") is not None:
+            quality[f"speaker similarity, {name}"] = v["speaker_similarity"]
+    quality["measured with"] = (
+        f"{report['asr_model']} transcripts of the evaluation sentences (CER); cosine of {report['speaker_model']} "
+        "x-vectors against held-out clips of the speaker"
+    )
+    version_dir = Path(version_dir)
+    meta = read_metadata(version_dir)
+    meta["quality"] = quality
+    from tts_lib.lineage import write_metadata
+
+    write_metadata(version_dir, meta)
+    write_model_cards(version_dir)
+    archive = version_dir / f"{meta['version']}.tar.gz"
+    if archive.is_file():  # our own archive of this version, rebuilt so that it carries the same card
+        package_version(version_dir, archive, overwrite=True)
+    return quality
