@@ -111,3 +111,32 @@ def test_the_speaker_encoder_loads_a_local_xvector_model_and_a_clip_matches_itse
     a, b = embed(clip, 44100), embed(clip, 44100)
     assert a.shape == (16,) and speaker_similarity(a, b) == pytest.approx(1.0, abs=1e-6)
     assert speaker_similarity(a, embed(other, 44100)) < 0.9999
+
+
+def test_the_asr_loader_runs_a_local_transformers_model(tmp_path):
+    """A tiny random CTC model stands in for Whisper (both go through transformers' ASR pipeline): the loader,
+    the resampling to the model's rate and the transcription call run for real, and the text feeds the CER."""
+    import json
+
+    transformers = pytest.importorskip("transformers")
+    from tts_lib.quality_metrics import load_asr
+
+    folder = tmp_path / "ctc"
+    folder.mkdir()
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 4, **{c: 5 + i for i, c in enumerate("abcdefghij")}}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    tokenizer = transformers.Wav2Vec2CTCTokenizer(str(folder / "vocab.json"))
+    extractor = transformers.Wav2Vec2FeatureExtractor(sampling_rate=16000)
+    transformers.Wav2Vec2Processor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(folder)
+    config = transformers.Wav2Vec2Config(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
+        conv_dim=(32, 32), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+    )  # fmt: skip
+    transformers.Wav2Vec2ForCTC(config).save_pretrained(folder)
+    transcribe = load_asr(str(folder))
+    clip = np.random.default_rng(0).normal(0, 0.1, 44100).astype(np.float32)
+    text = transcribe(clip, 44100)
+    assert isinstance(text, str)  # random weights: any string of its vocabulary
+    assert transcribe(clip, 44100) == text  # deterministic
+    assert qm.character_error_rate(text, text) == 0.0
