@@ -179,3 +179,29 @@ def test_compiled_steps_train_and_save_the_plain_model(prepared, tmp_path):
     result = train(config(prepared, tmp_path / "run", max_steps=2, val_every=0, compile=True))
     state = torch.load(result.final_model / "model.pth", weights_only=True)
     assert not any(k.startswith("_orig_mod.") for k in state)  # saved unwrapped, loadable upstream
+
+
+@pytest.mark.parametrize(("final_weights", "expected_step"), [("best", 4), ("last", 6)])
+def test_the_final_model_holds_the_best_or_the_last_weights(
+    prepared, tmp_path, monkeypatch, final_weights, expected_step
+):
+    import tts_lib.train as engine
+    from tts_lib.checkpoints import load_checkpoint
+    from tts_lib.models.fish_speech.checkpoint import load_state_dict_file
+
+    scripted = iter([1.0, 0.5, 0.9])  # validations at steps 2, 4, 6: step 4 is the best
+
+    def fake_evaluate(*args, **kwargs):
+        value = next(scripted)
+        return {"val_loss": value, "val_slow_loss": 0.0, "val_codebook_loss": value, "val_top1": 0.0, "val_top5": 0.0}
+
+    monkeypatch.setattr(engine, "evaluate", fake_evaluate)
+    run = tmp_path / final_weights
+    result = train(
+        config(prepared, run, max_steps=6, val_every=2, save_every=2, keep_last=5, final_weights=final_weights)
+    )
+    final = load_state_dict_file(result.final_model / "model.pth")
+    for step in (4, 6):
+        ema = load_checkpoint(run / "checkpoints" / f"step_{step:08d}")["ema"]["shadow"]
+        same = all(torch.equal(final[name], value) for name, value in ema.items())
+        assert same == (step == expected_step), step

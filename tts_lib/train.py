@@ -287,6 +287,13 @@ def train(config: TrainConfig, on_metrics: Callable[[dict], None] | None = None)
 
         # ---- the result ---------------------------------------------------------------------
         final = None
+        best_folder = ckpt.best_checkpoint(run_dir) if config.final_weights == "best" else None
+        if info.is_main and best_folder is not None:  # the weights that validated best, not the last ones
+            state = ckpt.load_checkpoint(best_folder)
+            ckpt.load_trainable_state(model, state[ckpt.MODEL])
+            if ema is not None:
+                ema = EMA.from_model_or_state(model, state[ckpt.EMA], config.ema_decay)
+            say(f"final model: the best checkpoint, step {state[ckpt.STEP]} (val_codebook_loss {best:.4f})")
         if info.is_main:
             with ema.swap_into(model) if ema else nullcontext():
                 if config.adapter is not None:

@@ -32,6 +32,9 @@ class TrainConfig:
     ema_decay: float | None = 0.999  # None = no EMA; validation and the final model use EMA weights
     early_stop_patience: int | None = None  # validations without improvement before stopping; None = off
     early_stop_min_delta: float = 0.0  # an improvement must beat the best by this much
+    # what final/ (or final_adapter/) holds: "best" = the checkpoint with the lowest val_codebook_loss (the last
+    # weights when nothing was validated), "last" = the weights at the last step; EMA-averaged either way
+    final_weights: Literal["best", "last"] = "best"
     max_bad_steps: int = 5  # consecutive non-finite updates before the run stops
     log_every_seconds: float = 5.0  # plain progress lines at most this often
     gradient_checkpointing: bool = False  # less memory, about 30% more compute
@@ -54,4 +57,4 @@ class TrainConfig:
 RESUME_FIXED = ("base_model", "max_tokens", "max_items", "grad_accum", "seed", "adapter", "init_adapter")
 # Settings whose change only matters to the run's bookkeeping: a resume takes them silently. Any other
 # change (lr, schedule, EMA, steps, validation, early stopping) is safe and taken with a warning line.
-RESUME_QUIET = ("run_dir", "resume_from", "device", "log_every_seconds", "manifest")
+RESUME_QUIET = ("run_dir", "resume_from", "device", "log_every_seconds", "manifest", "final_weights")
