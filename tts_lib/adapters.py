@@ -11,7 +11,6 @@ model the adapter was trained on (id and sha256 of its weights) so it is never a
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -20,7 +19,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
-from tts_lib.fileio import atomic_write_json, refuse_overwrite
+from tts_lib.fileio import atomic_folder, atomic_write_json
 
 SIDECAR = "tts_adapter.json"
 PEFT_CONFIG = "adapter_config.json"
@@ -137,18 +136,11 @@ def save_adapter(
     """Write the adapter (peft format + sidecar) to `out` through a temporary folder and a rename,
     so `out` either does not exist or is complete. `base`: {"id": ..., "hash": ...} of the weights
     the adapter applies to."""
-    out = Path(out)
-    if not overwrite:
-        refuse_overwrite(out)
-    tmp = out.with_name(f".tmp-{out.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))
-    atomic_write_json(tmp / SIDECAR, {"adapter": config.__dict__, "base_model": base, "format": 1})
-    (tmp / "README.md").unlink(missing_ok=True)  # peft's empty card; the package has the real one
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return out
+    with atomic_folder(out, overwrite) as tmp:
+        model.save_pretrained(str(tmp))
+        atomic_write_json(tmp / SIDECAR, {"adapter": config.__dict__, "base_model": base, "format": 1})
+        (tmp / "README.md").unlink(missing_ok=True)  # peft's empty card; the package writes the real one
+    return Path(out)
 
 
 def check_base(folder: str | Path, base: dict[str, str]) -> None:

@@ -14,8 +14,6 @@ people who load the adapter themselves with peft.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from peft import PeftModel
 from torch import Tensor
 
 from tts_lib.adapters import PEFT_CONFIG, PEFT_WEIGHTS, SIDECAR, check_base, load_adapted, merge, read_sidecar
-from tts_lib.fileio import atomic_copy, refuse_overwrite
+from tts_lib.fileio import atomic_copy, atomic_folder, refuse_overwrite
 from tts_lib.models import ModelFamily, load_family
 from tts_lib.models.fish_speech.checkpoint import MODEL_FILE, load_state_dict_file
 from tts_lib.models.fish_speech.lm import FishSpeechLM
@@ -93,27 +91,6 @@ def base_weights_dtype(folder: str | Path) -> torch.dtype:
     raise ValueError(f"{path}: expected floating-point weights, found none; is this a model checkpoint?")
 
 
-def _temp_dir(out: Path) -> Path:
-    """A fresh hidden folder beside `out` (same filesystem, so the final rename is atomic)."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the export is an ordinary folder
-    return tmp
-
-
-def _place(tmp: Path, out: Path, overwrite: bool) -> None:
-    """Rename the finished `tmp` to `out`; an existing `out` (overwrite=True) is moved aside first
-    and deleted only once the new one is in place."""
-    old = None
-    if out.exists():
-        if not overwrite:
-            refuse_overwrite(out)
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        out.rename(old / out.name)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def export_merged(
     family: ModelFamily, model: PeftModel, out: str | Path, overwrite: bool = False, probe_seed: int = 0
 ) -> MergeReport:
@@ -136,8 +113,7 @@ def export_merged(
     if fast_ref.numel() == 0:
         raise ValueError("the probe batch has no semantic positions: the fast transformer would go unchecked")
 
-    tmp = _temp_dir(out)
-    try:
+    with atomic_folder(out, overwrite) as tmp:  # a refused export leaves nothing behind
         merged = merge(model).to(dtype)
         family.save(merged, tmp)
         reloaded = FishSpeechLM.from_pretrained(tmp, dtype=torch.float32).eval()
@@ -151,9 +127,6 @@ def export_merged(
                 f"{tolerance:.3g} ({RELATIVE[dtype]:g} x max |logit| {scale:.3g} + {ABSOLUTE:g}, {dtype} weights); "
                 f"nothing was exported to {out}. Check that the adapter matches this base model and peft's version"
             )
-        _place(tmp, out, overwrite)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful rename
     return MergeReport(out=out, max_abs_diff=diff, tolerance=tolerance, dtype=str(dtype).removeprefix("torch."))
 
 
@@ -182,12 +155,7 @@ def export_adapter(adapter_folder: str | Path, out: str | Path, overwrite: bool 
             f"{adapter_folder / SIDECAR}: expected base_model {{id, hash}} naming the weights the adapter applies "
             f"to, found {base!r}; re-save the adapter with tts_lib.adapters.save_adapter"
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_dir(out)
-    try:
+    with atomic_folder(out, overwrite) as tmp:
         for name in (PEFT_CONFIG, PEFT_WEIGHTS, SIDECAR):
             atomic_copy(adapter_folder / name, tmp / name)
-        _place(tmp, out, overwrite)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out

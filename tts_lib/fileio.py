@@ -11,7 +11,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -63,6 +64,32 @@ def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return dst
+
+
+@contextmanager
+def atomic_folder(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """A fresh temporary folder beside `out` to fill. When the block ends normally it becomes `out` in one
+    rename (an existing `out`, only with overwrite=True, is moved aside first and deleted after); when the
+    block raises it is deleted and `out` is untouched. So a folder at `out` is always a complete one."""
+    out = Path(out)
+    if not overwrite:
+        refuse_overwrite(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))  # same filesystem: atomic rename
+    tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
+    try:
+        yield tmp
+        old = None
+        if out.exists():
+            if not overwrite:
+                refuse_overwrite(out)
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            out.rename(old / out.name)
+        tmp.rename(out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # already gone after a successful rename
 
 
 def default_cache_dir() -> Path:
