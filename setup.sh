@@ -10,9 +10,11 @@
 #   HF_TOKEN          Hugging Face read token for the gated base model. Read by huggingface_hub from the
 #                     environment only: this script never prints it, logs it or writes it to a file.
 #   TRAINING_MODE     quick_lora (default) | two_phase | full: step 6 checks VRAM and disk against its need
-#   BASE_MODEL        hub model repository (default fishaudio/openaudio-s1-mini), or "demo"
-#   MODEL_REVISION    commit or branch of BASE_MODEL (default below)
-#   DATASET           hub dataset repository (default google/fleurs), or "demo" for data/demo
+#   BASE_MODEL        auto or openaudio-s1-mini (default: download fishaudio/openaudio-s1-mini, demo if refused)
+#                     | tiny-demo (the random demo model) | a checkpoint folder on this machine, used as it is
+#   MODEL_REVISION    commit or branch of S1-mini on the hub (default below)
+#   DATASET           hub dataset repository (default google/fleurs), "demo" for data/demo, or a dataset folder
+#                     or file on this machine, used as it is
 #   DATASET_CONFIG    FLEURS language folder (default fi_fi; empty for other datasets)
 #   DATASET_REVISION  commit or branch of DATASET (default below)
 # For tests and quick re-runs:
@@ -30,7 +32,7 @@ DATASET_REVISION_UNPINNED=main
 
 # FLEURS (google/fleurs, CC-BY-4.0: sharing and adapting allowed, with attribution), Finnish: read speech
 # of many speakers, 16 kHz. Converted by tts_lib.download to JSONL that `ingest` reads.
-BASE_MODEL=${BASE_MODEL:-fishaudio/openaudio-s1-mini}
+BASE_MODEL=${BASE_MODEL:-auto}
 MODEL_REVISION=${MODEL_REVISION:-$MODEL_REVISION_UNPINNED}
 DATASET=${DATASET:-google/fleurs}
 DATASET_CONFIG=${DATASET_CONFIG-fi_fi}
@@ -43,13 +45,26 @@ DEMO=0
 for arg in "$@"; do
   case "$arg" in
     --demo) DEMO=1 ;;
-    -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $arg (use --demo or --help)" >&2; exit 2 ;;
   esac
 done
 
 cd "$(dirname "$0")"
 ROOT=$(pwd)
+# The base-model names of the notebooks and the CLI (README: "Base-model names"), checked before anything is
+# installed; a relative folder is taken from this repository.
+MODEL_REPO=""
+case "$BASE_MODEL" in
+  auto|openaudio-s1-mini|fishaudio/openaudio-s1-mini) MODEL_REPO=fishaudio/openaudio-s1-mini ;;
+  tiny-demo|demo) DEMO=1 ;;
+  *)
+    if [ ! -f "$BASE_MODEL/config.json" ]; then
+      echo "BASE_MODEL must be auto, openaudio-s1-mini, tiny-demo or a checkpoint folder with config.json;" \
+        "found '$BASE_MODEL'" >&2
+      exit 2
+    fi ;;  # a checkpoint folder on this machine: nothing to download
+esac
 VENV=${VENV:-$ROOT/.venv}
 PY="$VENV/bin/python"
 LOG="$ROOT/setup.log"
@@ -110,45 +125,46 @@ else
     retry "$VENV/bin/pip" install "torch>=2.4,<3"  # PyPI's Linux wheels are CUDA builds
   else
     echo "no NVIDIA GPU found: installing the CPU build"
-    retry "$VENV/bin/pip" install "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu \
-      || retry "$VENV/bin/pip" install "torch==2.13.0"
+    # One quick try at PyTorch's CPU index (small wheels); a machine that cannot reach it gets torch from the
+    # default index at once instead of minutes of retries and pip's unrelated "no matching distribution" errors.
+    if ! "$VENV/bin/pip" install -q --timeout 5 --retries 0 "torch==2.13.0" \
+        --index-url https://download.pytorch.org/whl/cpu >/dev/null 2>&1; then
+      echo "note: PyTorch's CPU index is not reachable from here: installing torch from the default index"
+      retry "$VENV/bin/pip" install "torch==2.13.0"
+    fi
   fi
   retry "$VENV/bin/pip" install -r requirements.txt
   "$VENV/bin/pip" install --no-deps -e .
 fi
 
-step 3 "Jupyter kernel"
-KERNEL_DIR="$HOME/.local/share/jupyter/kernels/tts_lib"
-"$PY" -m ipykernel install --user --name tts_lib --display-name "Python (tts_lib)"
-# Keep downloads on the instance's data disk, not in the home folder of the image. Paths only: the token
-# reaches the notebook through the environment Jupyter was started with, never through this file.
-"$PY" - "$KERNEL_DIR/kernel.json" "$ROOT" <<'PY'
-import json, sys
-path, root = sys.argv[1], sys.argv[2]
-spec = json.load(open(path))
-spec["env"] = {"HF_HOME": f"{root}/.cache/huggingface", "TTS_LIB_CACHE": f"{root}/.cache/tts_lib"}
-json.dump(spec, open(path, "w"), indent=1)
-PY
+step 3 "Jupyter kernel and notebook git filter"
+# --user: the instance's JupyterLab runs from another environment. The kernel keeps downloads on the instance's
+# data disk, not in the image's home folder; paths only: the token reaches the notebook through the environment
+# Jupyter was started with, never through a file. The git filter keeps saved notebook outputs out of commits.
+"$PY" -m tts_lib notebook-setup --user \
+  --env "HF_HOME=$ROOT/.cache/huggingface" --env "TTS_LIB_CACHE=$ROOT/.cache/tts_lib"
 export HF_HOME="$ROOT/.cache/huggingface" TTS_LIB_CACHE="$ROOT/.cache/tts_lib"
 
 step 4 "Base model"
 REASON=""
-if [ "$DEMO" = "1" ] || [ "$BASE_MODEL" = "demo" ]; then
-  DEMO=1
+if [ "$DEMO" = "1" ]; then
   REASON="demo requested"
+elif [ -z "$MODEL_REPO" ]; then
+  MODEL_DIR=$(cd "$BASE_MODEL" && pwd)
+  echo "base model: $MODEL_DIR (a folder on this machine, used as it is)"
 else
-  MODEL_DIR="checkpoints/${BASE_MODEL##*/}"
+  MODEL_DIR="checkpoints/${MODEL_REPO##*/}"
   if [ -z "${HF_TOKEN:-}" ]; then
     echo "HF_TOKEN is not set: trying without a token (gated models will refuse)"
   else
     echo "HF_TOKEN is set (not shown)"
   fi
-  download model --repo "$BASE_MODEL" --revision "$MODEL_REVISION" --dest "$MODEL_DIR"
+  download model --repo "$MODEL_REPO" --revision "$MODEL_REVISION" --dest "$MODEL_DIR"
   case "$DL_RC" in
-    0) echo "base model: $MODEL_DIR ($BASE_MODEL@$MODEL_REVISION)" ;;
-    2) DEMO=1; REASON="no access to $BASE_MODEL (see the steps above)" ;;
+    0) echo "base model: $MODEL_DIR ($MODEL_REPO@$MODEL_REVISION)" ;;
+    2) DEMO=1; REASON="no access to $MODEL_REPO (see the steps above)" ;;
     3) DEMO=1; REASON="offline" ;;
-    *) DEMO=1; REASON="the download of $BASE_MODEL failed (see above)" ;;
+    *) DEMO=1; REASON="the download of $MODEL_REPO failed (see above)" ;;
   esac
 fi
 if [ "$DEMO" = "1" ]; then
@@ -165,6 +181,9 @@ step 5 "Dataset"
 if [ "$DEMO" = "1" ] || [ "$DATASET" = "demo" ]; then
   DATA_DIR="data/demo"
   echo "using the bundled $DATA_DIR"
+elif [ -e "$DATASET" ]; then
+  DATA_DIR=$(cd "$(dirname "$DATASET")" && pwd)/$(basename "$DATASET")
+  echo "dataset: $DATA_DIR (on this machine, used as it is)"
 else
   DATA_DIR="data/${DATASET##*/}${DATASET_CONFIG:+_$DATASET_CONFIG}"
   download dataset --repo "$DATASET" --revision "$DATASET_REVISION" --config "$DATASET_CONFIG" --dest "$DATA_DIR"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,13 @@ def write_audio(path: Path, seconds: float = 1.0, sr: int = 44100, channels: int
     x = tone(seconds, sr, **kw)
     sf.write(path, np.stack([x] * channels, axis=1) if channels > 1 else x, sr)
     return path
+
+
+def audio_bytes(fmt: str = "WAV", seconds: float = 0.1, sr: int = 16000, seed: int = 0) -> bytes:
+    """A tone encoded in memory, as a parquet shard stores it."""
+    buf = io.BytesIO()
+    sf.write(buf, tone(seconds, sr, seed=seed), sr, format=fmt)
+    return buf.getvalue()
 
 
 @pytest.fixture

@@ -148,6 +148,17 @@ def test_readme_quickstart_is_two_commands_and_ci_runs_the_second():
     assert commands[1] in (ROOT / ".ci" / "run").read_text()
 
 
+def test_readme_has_one_command_for_local_jupyter():
+    """JupyterLab + ipywidgets from the `notebook` extra, and the kernel the notebooks name, in one line."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## The notebook in your own JupyterLab", 1)[1].split("\n## ", 1)[0]
+    [command] = re.findall(r"```bash\n(.+?)\n```", section, re.S)
+    assert '-e ".[notebook]"' in command and "tts_lib notebook-setup" in command and "jupyter lab" in command
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["notebook"]
+    assert {"jupyterlab", "ipywidgets", "nbstripout"} <= {re.split(r"[<>=]", d)[0] for d in extra}
+
+
 @pytest.mark.parametrize("notebook", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.name)
 def test_notebooks_are_clean_and_parameterized(notebook):
     nb = json.loads(notebook.read_text())

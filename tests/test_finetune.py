@@ -58,6 +58,12 @@ def config(world, name, **over) -> FinetuneConfig:
     return c
 
 
+def at(world, name: str, relative: str) -> Path:
+    """A path from results.json: relative to the version folder, so it stays right after a download."""
+    assert not Path(relative).is_absolute() and ".." not in Path(relative).parts, relative
+    return world["project"] / name / relative
+
+
 @pytest.fixture(scope="module")
 def v1(world):
     return run_finetune(config(world, "v1"))
@@ -66,11 +72,11 @@ def v1(world):
 def test_quick_lora_leaves_a_merged_model_an_adapter_a_package_and_lineage(world, v1, capsys):
     out = world["project"] / "v1"
     assert v1["version"] == "v1" and v1["mode"] == "quick_lora"
-    merged = Path(v1["merged_dir"])
+    merged = at(world, "v1", v1["merged_dir"])
     assert {"config.json", "model.pth", "tokenizer.tiktoken", "codec.pth"} <= {p.name for p in merged.iterdir()}
     FishSpeechLM.from_pretrained(merged)
-    assert (Path(v1["adapter_dir"]) / "adapter_model.safetensors").is_file()
-    assert Path(v1["package"]).is_file() and v1["package"].endswith(".tar.gz")
+    assert (at(world, "v1", v1["adapter_dir"]) / "adapter_model.safetensors").is_file()
+    assert at(world, "v1", v1["package"]).is_file() and v1["package"] == "v1.tar.gz"
     meta = read_metadata(out)
     assert meta["number"] == 1 and meta["parent"] is None and meta["steps"] == 4
     assert meta["samples"] == {"new": 11, "total": 11}
@@ -79,12 +85,14 @@ def test_quick_lora_leaves_a_merged_model_an_adapter_a_package_and_lineage(world
     assert json.loads((out / "estimate.json").read_text())["tokens_per_s"] > 0
     assert json.loads((out / "results.json").read_text()) == v1
     assert v1["forgetting"] is None and meta["forgetting"] is None and not (out / "forgetting.json").exists()
-    assert v1["plots"] == [str(out / "dataset.png"), str(out / "train" / "training.png")]
-    assert all(Path(p).stat().st_size > 1000 for p in v1["plots"])
-    for folder in (merged, Path(v1["adapter_dir"])):
+    assert v1["plots"] == ["dataset.png", "train/training.png"] and v1["metadata"] == "metadata.json"
+    assert all(at(world, "v1", p).stat().st_size > 1000 for p in v1["plots"])
+    for folder in (merged, at(world, "v1", v1["adapter_dir"])):
         card = (folder / "README.md").read_text()
-        assert "## Lineage" in card and "## Metrics" in card and "## Licence" in card and "CC-BY-NC-SA-4.0" in card
-    with tarfile.open(v1["package"]) as tar:
+        assert "## Lineage" in card and "## Metrics" in card and "## Licence" in card
+        assert "tiny-demo model (not OpenAudio S1-mini)" in card and "CC-BY-NC-SA-4.0" not in card  # random base
+    assert read_metadata(out)["base_model"]["random_weights"] is True
+    with tarfile.open(at(world, "v1", v1["package"])) as tar:
         assert "v1/merged/README.md" in tar.getnames()
     again = run_finetune(config(world, "v1"))  # finished: nothing is redone or overwritten
     assert again == v1 and "already finished" in capsys.readouterr().out
@@ -93,8 +101,8 @@ def test_quick_lora_leaves_a_merged_model_an_adapter_a_package_and_lineage(world
 def test_full_mode_exports_the_trained_weights_without_an_adapter(world):
     results = run_finetune(config(world, "full", mode="full", max_steps=3, package=False))
     assert results["adapter_dir"] is None and results["package"] is None
-    merged = Path(results["merged_dir"])
-    assert merged == (world["project"] / "full" / "train" / "final").resolve()
+    merged = at(world, "full", results["merged_dir"])
+    assert results["merged_dir"] == "train/final"
     trained, base = (
         FishSpeechLM.from_pretrained(merged).state_dict(),
         FishSpeechLM.from_pretrained(world["base"]).state_dict(),
@@ -106,8 +114,8 @@ def test_full_mode_exports_the_trained_weights_without_an_adapter(world):
 def test_two_phase_keeps_the_language_base_and_a_speaker_adapter(world):
     results = run_finetune(config(world, "two", mode="two_phase", speaker_max_steps=2))
     out = world["project"] / "two"
-    assert (Path(results["language_base_dir"]) / "model.pth").is_file()
-    assert (Path(results["adapter_dir"]) / "adapter_model.safetensors").is_file()
+    assert (at(world, "two", results["language_base_dir"]) / "model.pth").is_file()
+    assert (at(world, "two", results["adapter_dir"]) / "adapter_model.safetensors").is_file()
     assert [Path(p).parent.name for p in results["plots"][1:]] == ["phase1_full", "phase2_lora"]
     speaker_items = read_manifest(out / "data" / "speaker_fi_female.jsonl")  # 7 clips beat 4
     assert speaker_items and {i.speaker for i in speaker_items} == {"fi_female"}
@@ -130,8 +138,8 @@ def test_incremental_lora_on_lora_keeps_old_validation_items(world, v1):
     assert forgetting["old_data"]["before"] > 0 and forgetting["old_data"]["after"] > 0
     assert forgetting["old_data"]["items"] == len(old_val) and isinstance(forgetting["flagged"], bool)
     assert meta["forgetting"] == forgetting == json.loads((world["project"] / "v2" / "forgetting.json").read_text())
-    first = load_file(str(Path(v1["adapter_dir"]) / "adapter_model.safetensors"))
-    second = load_file(str(Path(results["adapter_dir"]) / "adapter_model.safetensors"))
+    first = load_file(str(at(world, "v1", v1["adapter_dir"]) / "adapter_model.safetensors"))
+    second = load_file(str(at(world, "v2", results["adapter_dir"]) / "adapter_model.safetensors"))
     assert first.keys() == second.keys() and any(not torch.equal(first[k], second[k]) for k in first)
 
 
@@ -139,8 +147,8 @@ def test_incremental_with_another_rank_merges_first_or_is_refused(world, v1):
     other_rank = AdapterConfig(r=4, lora_alpha=8, lora_dropout=0.0)
     results = run_finetune(config(world, "v3", parent="v1", adapter=other_rank))
     meta = read_metadata(world["project"] / "v3")
-    assert meta["start_model"]["folder"] == str(Path(v1["merged_dir"]).resolve())  # merged v1, then a new LoRA
-    assert json.loads((Path(results["adapter_dir"]) / "adapter_config.json").read_text())["r"] == 4
+    assert meta["start_model"]["folder"] == str(at(world, "v1", v1["merged_dir"]).resolve())  # merged v1, new LoRA
+    assert json.loads((at(world, "v3", results["adapter_dir"]) / "adapter_config.json").read_text())["r"] == 4
     with pytest.raises(ValueError, match="r 8 -> 4.*merge"):
         run_finetune(config(world, "v4", parent="v1", adapter=other_rank, incremental="lora_on_lora"))
 
@@ -173,7 +181,7 @@ def test_rerunning_an_interrupted_run_ends_with_the_same_weights(world, v1, tmp_
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "resuming the unfinished run" in done.stdout
-    straight = load_file(str(Path(v1["adapter_dir"]) / "adapter_model.safetensors"))
+    straight = load_file(str(at(world, "v1", v1["adapter_dir"]) / "adapter_model.safetensors"))
     resumed = load_file(str(out / "train" / "final_adapter" / "adapter_model.safetensors"))
     assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
 
@@ -202,7 +210,7 @@ def test_an_upstream_lora_checkpoint_is_imported_and_continued(world):
     imported = load_file(
         str(world["project"] / "from-upstream" / "imported_parent_adapter" / "adapter_model.safetensors")
     )
-    trained = load_file(str(Path(results["adapter_dir"]) / "adapter_model.safetensors"))
+    trained = load_file(str(at(world, "from-upstream", results["adapter_dir"]) / "adapter_model.safetensors"))
     assert imported.keys() == trained.keys() and len(imported) > 0
     lora_b = [k for k in imported if "lora_B" in k or "lora_embedding_B" in k]
     assert all(imported[k].abs().sum() > 0 for k in lora_b)  # the import carried the upstream weights over
@@ -214,11 +222,57 @@ def test_parent_kinds_are_detected(world, v1):
 
     base = world["base"]
     args = (world["project"], base, load_family(base).identity(), "quick_lora", AdapterConfig(lora_dropout=0.0), "auto")
-    merged = resolve_start(v1["merged_dir"], *args, world["root"])  # a model folder: trained from as a base
-    assert merged.kind == "model" and merged.weights == Path(v1["merged_dir"]) and merged.init_adapter is None
-    adapter = resolve_start(v1["adapter_dir"], *args, world["root"])  # an adapter folder: continued
-    assert adapter.kind == "adapter" and adapter.weights == base and adapter.init_adapter == Path(v1["adapter_dir"])
+    merged_dir, adapter_dir = at(world, "v1", v1["merged_dir"]), at(world, "v1", v1["adapter_dir"])
+    merged = resolve_start(str(merged_dir), *args, world["root"])  # a model folder: trained from as a base
+    assert merged.kind == "model" and merged.weights == merged_dir and merged.init_adapter is None
+    adapter = resolve_start(str(adapter_dir), *args, world["root"])  # an adapter folder: continued
+    assert adapter.kind == "adapter" and adapter.weights == base and adapter.init_adapter == adapter_dir
     version = resolve_start("v1", *args, world["root"])
     assert version.kind == "version" and version.manifest == world["project"] / "v1" / "data" / "manifest.jsonl"
     with pytest.raises(ValueError, match="expected a version folder"):
         resolve_start(str(world["first"]), *args, world["root"])
+
+
+def test_a_failed_start_locks_nothing(world, v1):
+    """A typo in the data path, then a base model that is no model: each fails before training, and the
+    corrected run in the same folder trains (the settings are pinned only when training starts)."""
+    out = world["project"] / "retry"
+    with pytest.raises(FileNotFoundError):
+        run_finetune(config(world, "retry", data=str(world["root"] / "dta1")))
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        run_finetune(config(world, "retry", base_model=str(world["first"])))
+    assert not (out / "run.json").exists()
+    results = run_finetune(config(world, "retry", max_steps=2, estimate_steps=0, package=False))
+    assert results["metrics"]["lora"]["steps"] == 2 and (out / "run.json").is_file()
+
+
+def test_a_started_run_refuses_other_settings_naming_the_setting_to_change(world, v1):
+    from tts_lib.finetune import lock_run, plan_finetune
+
+    lock_run(plan_finetune(config(world, "pinned", estimate_steps=0)))  # training started, then stopped
+    with pytest.raises(ValueError, match="mode: was 'quick_lora', now 'full'.*set output_dir to a new folder"):
+        plan_finetune(config(world, "pinned", mode="full"), out_setting="output_dir")
+    with pytest.raises(ValueError, match="set --out to a new folder"):
+        plan_finetune(config(world, "pinned", mode="full"))
+
+
+def test_the_estimate_is_measured_again_when_the_settings_change(world, v1):
+    from tts_lib.finetune import plan_finetune
+
+    first = plan_finetune(config(world, "estimates"))
+    assert plan_finetune(config(world, "estimates")).estimate == first.estimate  # kept for the same settings
+    other = plan_finetune(config(world, "estimates", mode="full"))
+    assert other.estimate["config"]["mode"] == "full" and first.estimate["config"]["mode"] == "quick_lora"
+
+
+def test_base_model_names_work_in_the_cli(world, tmp_path, monkeypatch):
+    """`--base-model tiny-demo` as in the notebook: the random model from the bundle's checkpoints/."""
+    from tts_lib.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    code = main(["finetune", "--base-model", "tiny-demo", "--data", str(world["first"]), "--out", "runs/t1",
+                 "--max-steps", "1", "--max-tokens", "512", "--set", "estimate_steps=0", "--no-package"])  # fmt: skip
+    assert code == 0
+    meta = read_metadata(tmp_path / "runs" / "t1")
+    assert meta["base_model"]["folder"] == str(ROOT / "checkpoints" / "tiny-demo")
+    assert meta["base_model"]["random_weights"] is True

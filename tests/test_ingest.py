@@ -1,28 +1,18 @@
-import io
 import json
-import os
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
-from conftest import tone, write_audio
+from conftest import audio_bytes, write_audio
 
 from tts_lib.ingest import ingest
-from tts_lib.manifest import Item, write_manifest
+from tts_lib.manifest import Item, Origin, write_manifest
 
 SR = 16000
 
 
 def wav(path, seconds=0.2, sr=SR, seed=0):
     return write_audio(path, seconds, sr, seed=seed)
-
-
-def audio_bytes(fmt="WAV", seconds=0.1, sr=SR, seed=0):
-    buf = io.BytesIO()
-    sf.write(buf, tone(seconds, sr, seed=seed), sr, format=fmt)
-    return buf.getvalue()
 
 
 def codes(result):
@@ -65,6 +55,9 @@ def test_fish_layout(tmp_path):
     assert (a1.sample_rate, a1.duration) == (SR, pytest.approx(0.2, abs=1e-3))
     assert b1.codes == str(root / "bob" / "b1.npy") and a1.codes is None
     assert r1.speaker == "voices"
+    # The .lab is where a Fish Speech item is fixed; it is a whole file, so no line.
+    assert a2.origin == Origin(str(root / "alice" / "chapter" / "a2.lab"))
+    assert str(a1.origin) == str(root / "alice" / "a1.lab")
 
     assert codes(result) == [("error", "missing_audio"), ("error", "missing_transcript")]
     (missing_audio,) = by_code(result, "missing_audio")
@@ -146,9 +139,12 @@ def test_ljspeech(tmp_path):
     assert {i.speaker for i in result.items} == {"LJSpeech-1.1"}
     assert result.items[0].audio == str(root / "wavs" / "LJ001-0001.wav")
     assert result.items[0].sample_rate == SR
+    # No header; the blank line 4 and the malformed lines 5-6 are counted, as an editor counts them.
+    assert [i.origin for i in result.items] == [Origin(str(root / "metadata.csv"), n) for n in (1, 2, 3, 7)]
 
     malformed = by_code(result, "malformed_row")
     assert [p.message.split(":")[0] for p in malformed] == ["line 5", "line 6"]
+    assert [p.origin.line for p in malformed] == [5, 6]
     assert "found 1 field(s)" in malformed[0].message and "found 4 field(s)" in malformed[1].message
     assert all(p.path == str(root / "metadata.csv") for p in malformed)
     (bad,) = by_code(result, "text_not_utf8")
@@ -180,6 +176,7 @@ def test_csv_pipe_with_speakers(tmp_path):
         ("wavs/sub/two", "Second", "coqui"),  # no speaker_name: the dataset folder's name
     ]
     assert result.items[1].audio == str(root / "wavs" / "sub" / "two.wav")
+    assert [i.origin.line for i in result.items] == [2, 3]  # the header is line 1
     malformed = by_code(result, "malformed_row")
     assert [p.message for p in malformed] == [
         "line 4: expected 3 fields (audio_file|text|speaker_name), found 4",
@@ -208,6 +205,9 @@ def test_csv_comma_quoting_bom_and_bad_bytes(tmp_path):
         ("1", "plain text", "ds"),
         ("3", "p\ufffdiv\ufffd\ufffd", "ds"),
     ]
+    # The record quoted over lines 3-4 moves every later record down a line.
+    lines = [str(i.origin).removeprefix(f"{path} ") for i in result.items]
+    assert lines == ["line 2", "lines 3-4", "line 5", "line 7"]
     found = codes(result)
     assert found == [("error", "malformed_row"), ("error", "text_not_utf8"), ("warning", "ignored_fields")]
     assert by_code(result, "malformed_row")[0].message == (
@@ -216,6 +216,26 @@ def test_csv_comma_quoting_bom_and_bad_bytes(tmp_path):
     (bad,) = by_code(result, "text_not_utf8")
     assert bad.item_id == "3" and bad.message.startswith("line 7, byte 7") and bad.path == str(path)
     assert "language" in by_code(result, "ignored_fields")[0].message
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_csv_origin_counts_header_blank_lines_and_multiline_records(tmp_path, newline):
+    rows = [
+        "audio_file,text",
+        '"a.wav","spans',  # one record on lines 2-4
+        "three",
+        'lines"',
+        "",
+        "b.wav,plain",  # line 6
+        'c.wav,"two',  # lines 7-8
+        'lines"',
+    ]
+    path = tmp_path / "list.csv"
+    path.write_bytes(newline.join(rows).encode())  # no newline after the last line
+    items = ingest(path, read_headers=False).items
+    assert [i.id for i in items] == ["a", "b", "c"]
+    assert [(i.origin.line, i.origin.last_line) for i in items] == [(2, 4), (6, None), (7, 8)]
+    assert [i.origin.place for i in items] == ["lines 2-4", "line 6", "lines 7-8"]
 
 
 # --- JSONL --------------------------------------------------------------------------------------------
@@ -274,6 +294,26 @@ def test_jsonl_reads_tts_lib_manifest_and_keeps_splits(tmp_path):
         ("spk/b", "train", str(b), None),
     ]
     assert result.items[0].sample_rate == SR
+    # Validating a tts_lib manifest: problems point at its own lines.
+    assert [i.origin for i in result.items] == [Origin(str(manifest), 1), Origin(str(manifest), 2)]
+
+
+def test_jsonl_origin_counts_blank_lines(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text(
+        '{"audio": "a.wav", "text": "one"}\n'
+        "\n"
+        "   \n"
+        '{"audio": "b.wav", "text": "two"}\n'
+        "{broken\n"
+        '{"audio": "c.wav", "text": "three"}\n',
+        encoding="utf-8",
+    )
+    result = ingest(path, read_headers=False)
+    assert [i.id for i in result.items] == ["a", "b", "c"]
+    assert [i.origin for i in result.items] == [Origin(str(path), n) for n in (1, 4, 6)]
+    (bad,) = result.problems
+    assert bad.origin == Origin(str(path), 5) and bad.message.startswith("line 5:")
 
 
 def test_jsonl_invalid_utf8_line(tmp_path):
@@ -284,81 +324,7 @@ def test_jsonl_invalid_utf8_line(tmp_path):
     assert result.items[0].text == "caf\ufffd"
     (bad,) = result.problems
     assert (bad.code, bad.item_id) == ("text_not_utf8", "a") and bad.message.startswith("line 1, byte 31")
-
-
-# --- parquet ------------------------------------------------------------------------------------------
-
-AUDIO_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-
-
-def write_shard(path, audio, columns):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.table({"audio": pa.array(audio, AUDIO_TYPE), **columns})
-    pq.write_table(table, path)
-    return path
-
-
-def test_parquet_extracts_once_and_reuses_cache(tmp_path, monkeypatch):
-    local = wav(tmp_path / "hub" / "clips" / "local.wav", seed=9)
-    audio = [
-        {"bytes": audio_bytes("WAV", seed=0), "path": "common_voice_1.wav"},
-        {"bytes": audio_bytes("FLAC", seed=1), "path": None},  # no name: the format is sniffed
-        {"bytes": None, "path": str(local)},  # already on disk: used where it is
-        {"bytes": None, "path": None},
-        {"bytes": audio_bytes("WAV", seed=2), "path": "common_voice_1.wav"},  # same name again
-    ]
-    columns = {
-        "sentence": ["eka", "toka", "kolmas", "neljäs", "viides"],
-        "client_id": ["c1", "c1", None, "c2", "c2"],
-        "up_votes": [1, 2, 3, 4, 5],
-    }
-    shard = write_shard(tmp_path / "hub" / "data" / "train-00000-of-00001.parquet", audio, columns)
-    monkeypatch.setenv("TTS_LIB_CACHE", str(tmp_path / "cache"))
-
-    result = ingest(tmp_path / "hub")
-    assert result.format == "parquet"
-    prefix = "data/train-00000-of-00001"
-    # The name from the struct's path when there is one and it is not taken, else the row number.
-    assert [i.id for i in result.items] == [f"{prefix}/{n}" for n in ("common_voice_1", "1", "local", "4")]
-    assert [i.text for i in result.items] == ["eka", "toka", "kolmas", "viides"]
-    assert [i.speaker for i in result.items] == ["c1", "c1", "hub", "c2"]
-    assert result.items[2].audio == str(local)
-    extracted = [result.items[k].audio for k in (0, 1, 3)]
-    assert [os.path.basename(p) for p in extracted] == ["0.wav", "1.flac", "4.wav"]
-    for path in extracted:
-        assert path.startswith(str(tmp_path / "cache" / "parquet" / "train-00000-of-00001-"))
-    assert open(extracted[1], "rb").read() == audio[1]["bytes"]
-    assert [i.sample_rate for i in result.items] == [SR] * 4
-    (bad,) = result.problems
-    assert (bad.code, bad.path) == ("malformed_row", str(shard))
-    assert bad.message == "row 3: audio column 'audio' has neither bytes nor path"
-
-    # A second ingest finds the extracted files and leaves them alone.
-    for path in extracted:
-        os.utime(path, ns=(1_000_000_000, 1_000_000_000))
-    again = ingest(tmp_path / "hub")
-    assert [i.audio for i in again.items] == [i.audio for i in result.items]
-    assert [os.stat(p).st_mtime_ns for p in extracted] == [1_000_000_000] * 3
-    assert not [p for p in os.listdir(os.path.dirname(extracted[0])) if p.endswith(".tmp")]
-
-
-def test_parquet_text_column_detection_and_choice(tmp_path):
-    audio = [{"bytes": audio_bytes(), "path": "x.wav"}]
-    shard = write_shard(tmp_path / "s.parquet", audio, {"phrase": ["hei"], "lang": ["fi"]})
-    with pytest.raises(ValueError) as e:
-        ingest(shard, cache_dir=tmp_path / "cache")
-    message = str(e.value)
-    assert "no text column found" in message and "transcription" in message
-    assert "phrase (string)" in message and "lang (string)" in message and "audio (struct" in message
-
-    result = ingest(shard, text_column="phrase", cache_dir=tmp_path / "cache")
-    assert [(i.id, i.text, i.speaker) for i in result.items] == [("s/x", "hei", tmp_path.name)]
-    assert result.items[0].audio.startswith(str(tmp_path / "cache" / "parquet"))
-
-    other = write_shard(tmp_path / "t.parquet", audio, {"Transcription": ["moi"], "text_len": [3]})
-    assert [i.text for i in ingest(other, cache_dir=tmp_path / "cache").items] == ["moi"]
-    with pytest.raises(ValueError, match="no text column 'nope'"):
-        ingest(other, text_column="nope", cache_dir=tmp_path / "cache")
+    assert bad.origin == result.items[0].origin == Origin(str(path), 1)
 
 
 # --- detection and wrong input ------------------------------------------------------------------------
@@ -367,7 +333,8 @@ def test_parquet_text_column_detection_and_choice(tmp_path):
 def test_detection_failure_names_everything_looked_for(tmp_path):
     wav(tmp_path / "lonely.wav")
     (tmp_path / "notes.csv").write_text("a,b\n1,2\n")
-    write_shard(tmp_path / ".cache" / "old.parquet", [{"bytes": b"", "path": "x.wav"}], {"text": ["t"]})
+    (tmp_path / ".cache").mkdir()
+    (tmp_path / ".cache" / "old.parquet").write_bytes(b"")  # hidden: a partial download, not data
     with pytest.raises(ValueError) as e:
         ingest(tmp_path)
     message = str(e.value)

@@ -1,11 +1,15 @@
 """listening on tiny-demo: synthesize returns the codec's audio, render_versions writes one WAV per version
-and sentence with the same seed and keeps existing ones, players_html is a small escaped table."""
+and sentence with the same seed and keeps existing ones, players_html is an escaped table of players."""
+
+import base64
+import io
+import re
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from tts_lib.listening import EVAL_SENTENCES, players_html, render_versions, synthesize
+from tts_lib.listening import EVAL_SENTENCES, players_html, players_page, render_versions, synthesize
 from tts_lib.models import load_family
 from tts_lib.models.fish_speech.tiny import make_tiny_checkpoint
 
@@ -65,17 +69,22 @@ def test_render_versions_writes_every_version_and_keeps_existing_wavs(tiny, tmp_
         render_versions({"after": never}, sentences, tmp_path, log=None)
 
 
-def test_players_html_embeds_the_first_and_links_the_rest(tmp_path):
+def test_players_embed_their_audio_or_point_at_the_wavs(tmp_path):
     rows = []
     for v in ("base", "<v2>"):
-        for k, text in enumerate(["a & b", "c", "d"]):
+        for k, text in enumerate(["a & b", "c", "ሰላም"]):
             path = tmp_path / v / f"{k}.wav"
             path.parent.mkdir(exist_ok=True)
-            sf.write(path, np.zeros(441, np.float32), 44100)
-            rows.append({"version": v, "sentence_index": k, "text": text, "wav": str(path), "seconds": 0.01})
-    inline = players_html(rows, embed_limit=1)
-    assert inline.count("<audio") == 2 and inline.count("data:audio/wav;base64,") == 2 and inline.count("<a ") == 4
-    assert "a &amp; b" in inline and "&lt;v2&gt;" in inline and "<v2>" not in inline
-    saved = players_html(rows, embed_limit=2, relative_to=tmp_path)
-    assert "base64" not in saved and 'src="base/0.wav"' in saved and 'href="&lt;v2&gt;/2.wav"' in saved
-    assert saved.count("<tr>") == 4 and len(saved) < 2000
+            sf.write(path, np.sin(np.arange(4410) / (3.0 + k)).astype(np.float32) * 0.3, 44100)
+            rows.append({"version": v, "sentence_index": k, "text": text, "wav": str(path), "seconds": 0.1})
+    linked = players_html(rows, relative_to=tmp_path / "notebooks")  # a notebook output: JupyterLab serves them
+    assert linked.count("<audio") == 6 and "base64" not in linked and 'src="../base/0.wav"' in linked
+    assert 'href="../&lt;v2&gt;/2.wav"' in linked and "a &amp; b" in linked and "<v2>" not in linked
+    assert linked.count("<tr>") == 4 and len(linked) < 3000
+    page = players_page(rows, tmp_path)  # players.html: plays from disk and in JupyterLab's HTML viewer
+    assert page.startswith("<!DOCTYPE html>") and '<meta charset="utf-8">' in page and "ሰላም" in page
+    uris = re.findall(r'src="data:audio/flac;base64,([^"]+)"', page)
+    assert len(uris) == 6 and 'href="base/0.wav"' in page
+    decoded, rate = sf.read(io.BytesIO(base64.b64decode(uris[0])), dtype="float32")
+    original, _ = sf.read(tmp_path / "base" / "0.wav", dtype="float32")
+    assert rate == 44100 and np.abs(decoded - original).max() < 1e-4  # lossless up to 16-bit rounding

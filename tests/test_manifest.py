@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from tts_lib.manifest import Item, read_manifest, write_manifest
+from tts_lib.manifest import Item, Origin, read_manifest, write_manifest
 
 
 def test_roundtrip_with_relative_paths(tmp_path):
@@ -26,6 +26,21 @@ def test_roundtrip_with_relative_paths(tmp_path):
     assert rows[1]["audio"] == "/elsewhere/2.flac"
     assert "ሰላም" in path.read_text(encoding="utf-8")  # written as UTF-8, not \\u escapes
     assert read_manifest(path) == items
+
+
+def test_origin_is_not_written_and_read_back_is_the_manifest_line(tmp_path):
+    items = [
+        Item("a", str(tmp_path / "a.wav"), "yksi", "s", origin=Origin("/data/list.csv", 2, 3)),
+        Item("b", str(tmp_path / "b.wav"), "kaksi", "s", origin=Origin("/data/list.csv", 5)),
+    ]
+    path = write_manifest(tmp_path / "m.jsonl", items)
+    assert "origin" not in path.read_text()  # the format on disk is unchanged
+    back = read_manifest(path)
+    assert back == items  # the origin is where an item was read from, not part of it
+    assert [i.origin for i in back] == [Origin(str(path), 1), Origin(str(path), 2)]
+
+    path.write_text("\n" + path.read_text())  # a blank first line still counts
+    assert [str(i.origin) for i in read_manifest(path)] == [f"{path} line 2", f"{path} line 3"]
 
 
 def test_leaves_no_temporary_files(tmp_path):

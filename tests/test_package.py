@@ -53,6 +53,13 @@ def test_card_names_version_licence_metrics_and_how_to_load(version):
     assert "| samples | 40 | 120 |" in card
 
 
+def test_a_tiny_demo_fine_tune_says_what_it_is():
+    card = model_card({**META, "base_model": {**META["base_model"], "id": "tiny-demo", "random_weights": True}})
+    assert "random tiny-demo model (not OpenAudio S1-mini)" in card and "noise" in card
+    assert "CC-BY-NC-SA-4.0" not in card and "Apache-2.0" in card
+    assert "A Fish Speech (OpenAudio S1-mini) text-to-speech fine-tune" in model_card(META)
+
+
 def test_card_tolerates_missing_optional_keys():
     card = model_card({"version": "v1", "number": 1, "mode": "full", "base_model": {"id": "b"}, "parent": None})
     assert card.startswith("# v1 (version 1)") and "n/a" in card and "No merged model" in card

@@ -185,3 +185,33 @@ def test_hub_reachable_downloads_model_and_dataset(sandbox):
 def test_unknown_argument_is_refused(sandbox):
     result = run_setup(sandbox, "--bogus")
     assert result.returncode == 2 and "unknown argument" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_model_and_dataset_on_this_machine_are_used_as_they_are(sandbox):
+    from tts_lib.models.fish_speech.tiny import make_tiny_checkpoint
+
+    model = make_tiny_checkpoint(sandbox.parent / "models" / "my-model", seed=3)
+    data = sandbox.parent / "corpus"
+    shutil.copytree(ROOT / "data" / "demo" / "fi_male", data / "fi_male")
+    result = run_setup(sandbox, stub="gated", BASE_MODEL=str(model), DATASET=str(data))
+    assert result.returncode == 0, result.stdout + result.stderr
+    marker = ready(sandbox)
+    assert marker["demo"] == "0" and marker["base_model_dir"] == str(model) and marker["data_dir"] == str(data)
+    assert not (sandbox.parent / "stub.log").exists(), "a local model or dataset must not contact the hub"
+    assert f"{data} validates" in result.stdout
+
+
+@pytest.mark.parametrize("name", ["tiny-demo", "demo"])
+def test_tiny_demo_is_a_base_model_name_here_too(sandbox, name):
+    result = run_setup(sandbox, stub="gated", BASE_MODEL=name, DATASET="demo")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert ready(sandbox)["demo"] == "1" and ready(sandbox)["base_model_dir"] == "checkpoints/tiny-demo"
+    assert not (sandbox.parent / "stub.log").exists()
+
+
+def test_an_unknown_base_model_is_refused_with_the_names(sandbox):
+    result = run_setup(sandbox, BASE_MODEL="fish-speech-2")
+    assert result.returncode == 2
+    assert "BASE_MODEL must be auto, openaudio-s1-mini, tiny-demo or a checkpoint folder" in result.stderr
+    assert "fish-speech-2" in result.stderr and not (sandbox / ".setup-ready").exists()

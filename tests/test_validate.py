@@ -5,9 +5,9 @@ import pytest
 import soundfile as sf
 from conftest import tone, write_audio
 
-from tts_lib.manifest import Item
+from tts_lib.manifest import Item, Origin
 from tts_lib.models.fish_speech.tokenizer import FishTokenizer
-from tts_lib.validate import ValidationConfig, invalid_indices, validate_items
+from tts_lib.validate import ValidationConfig, invalid_indices, validate_items, validate_path
 
 
 def item(path, text="Hyvää huomenta kaikille", speaker="a", id=None):
@@ -70,6 +70,54 @@ def test_duplicate_id_flags_only_the_later_copy(tmp_path):
     [problem] = report.errors
     assert problem.code == "duplicate_id" and problem.path == str(b) and str(a) in problem.message
     assert invalid_indices(report.item_problems) == [1]
+
+
+# Each dataset's 3rd row names a missing file, after a blank line (and, in the comma CSV, a record
+# quoted over two lines); the number is that row's line as an editor shows it.
+TABLES = {
+    "csv": ("list.csv", 'audio_file,text\na.wav,"quoted, over\ntwo lines"\n\nb.wav,two\ngone.wav,three\n', 6),
+    "csv_pipe": ("list.csv", "audio_file|text\na.wav|one\n\nb.wav|two\ngone.wav|three\n", 5),
+    "ljspeech": ("metadata.csv", "a|one|one\n\nb|two|two\ngone|three|three\n", 4),
+    "jsonl": ("m.jsonl", '{"audio": "a.wav", "text": "one"}\n\n{"audio": "b.wav", "text": "two"}\n'
+                         '{"audio": "gone.wav", "text": "three"}\n', 4),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("layout", TABLES)
+def test_problem_names_the_table_row_of_its_item(tmp_path, layout):
+    name, content, line = TABLES[layout]
+    audio = tmp_path / ("wavs" if layout == "ljspeech" else "")
+    write_audio(audio / "a.wav", 1.5, seed=1)
+    write_audio(audio / "b.wav", 1.5, seed=2)
+    (tmp_path / name).write_text(content, encoding="utf-8")
+    report = validate_path(tmp_path / name)
+    [problem] = report.problems
+    assert problem.code == "missing_audio" and problem.path == str(audio / "gone.wav")
+    assert problem.origin == Origin(str(tmp_path / name), line)
+    as_json = report.to_json()["problems"][0]["origin"]  # what --json prints
+    assert as_json == {"file": str(tmp_path / name), "line": line, "last_line": None, "row": None}
+
+
+def test_problems_of_a_multiline_record_and_a_duplicate_name_their_lines(tmp_path):
+    write_audio(tmp_path / "a.wav", 1.5, seed=1)
+    write_audio(tmp_path / "b.wav", 1.5, seed=2)
+    path = tmp_path / "list.csv"
+    path.write_text('audio_file,text\nb.wav,fine\ngone.wav,"quoted\nover two"\n./b.wav,again\na.wav,"  "\n')
+    report = validate_path(path)
+    found = {p.code: p for p in report.problems}
+    assert set(found) == {"missing_audio", "duplicate_id", "duplicate_audio", "empty_text"}
+    assert str(found["missing_audio"].origin) == f"{path} lines 3-4"
+    assert found["duplicate_id"].origin.line == 5
+    assert found["duplicate_id"].message == f"id 'b' is also used by {path} line 2"  # the row to compare with
+    assert found["duplicate_audio"].message.endswith(f"b.wav ({path} line 2)")
+    assert found["empty_text"].origin.line == 6
+
+
+def test_fish_problems_name_the_lab_file(tmp_path):
+    write_audio(tmp_path / "anna" / "a1.wav", 1.5)
+    (tmp_path / "anna" / "a1.lab").write_text(" ")
+    [problem] = validate_path(tmp_path).problems
+    assert problem.code == "empty_text" and problem.origin == Origin(str(tmp_path / "anna" / "a1.lab"))
 
 
 def test_warnings(tmp_path):

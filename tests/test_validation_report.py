@@ -3,8 +3,8 @@ import json
 import pytest
 from conftest import write_audio
 
-from tts_lib.manifest import Item, read_manifest
-from tts_lib.validate import ValidationConfig, validate_items
+from tts_lib.manifest import Item, Origin, read_manifest
+from tts_lib.validate import ValidationConfig, validate_items, validate_path
 from tts_lib.validation_report import format_report, report_json, write_cleaned
 
 
@@ -61,3 +61,48 @@ def test_cleaned_output_is_never_overwritten_unasked(report, tmp_path):
     assert (tmp_path / "clean.jsonl").read_text() == "mine\n"
     write_cleaned(report, tmp_path / "clean.jsonl", overwrite=True)
     assert len(read_manifest(tmp_path / "clean.jsonl")) == 2
+
+
+@pytest.fixture
+def table_report(tmp_path):
+    """A CSV whose record on lines 3-4 names a missing file and whose line 5 cannot be read."""
+    write_audio(tmp_path / "wavs" / "a.wav", 1.5, seed=1)
+    write_audio(tmp_path / "wavs" / "b.wav", 1.5, seed=2)
+    table = tmp_path / "list.csv"
+    table.write_text(
+        'audio_file,text\nwavs/a.wav,fine\nwavs/gone.wav,"quoted\nover two"\nwavs/x.wav,a,b\nwavs/b.wav, \n'
+    )
+    return table, validate_path(table)
+
+
+def test_text_report_shows_the_row_of_each_item(table_report):
+    table, report = table_report
+    text = format_report(report)
+    assert f"\n    {table} lines 3-4 (id wavs/gone, audio wavs/gone.wav): audio file not found\n" in text
+    assert f"\n    {table} line 6 (id wavs/b, audio wavs/b.wav): transcript is empty" in text
+    # A malformed row names its line in the message, as `ingest` prints it: once, not twice.
+    assert f"\n    {table}: line 5: expected 2 fields (audio_file,text), found 3\n" in text
+
+
+def test_text_report_names_the_lab_of_a_fish_item(tmp_path):
+    lab = tmp_path / "anna" / "a1.lab"
+    audio = write_audio(tmp_path / "anna" / "a1.wav", 1.5)
+    report = validate_items([Item("anna/a1", str(audio), " ", "anna", origin=Origin(str(lab)))])
+    assert f"    {lab} (id anna/a1, audio a1.wav): transcript is empty" in format_report(report)
+
+
+def test_json_report_and_dropped_list_carry_the_origin(table_report, tmp_path):
+    table, report = table_report
+    problems = {p["code"]: p for p in json.loads(report_json(report))["problems"]}
+    assert problems["missing_audio"]["origin"] == {"file": str(table), "line": 3, "last_line": 4, "row": None}
+    assert problems["malformed_row"]["origin"]["line"] == 5
+
+    _, dropped, n = write_cleaned(report, tmp_path / "clean.jsonl")
+    rows = [json.loads(line) for line in dropped.read_text().splitlines()]
+    assert n == 3
+    assert [(r["item"]["id"] if "item" in r else r["path"], r["origin"]["line"]) for r in rows] == [
+        ("wavs/gone", 3),
+        ("wavs/b", 6),
+        (str(table), 5),
+    ]
+    assert rows[0]["origin"]["last_line"] == 4 and "origin" not in rows[0]["item"]  # item: a manifest row

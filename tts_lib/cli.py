@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tts_lib import demo, padding_bench
+from tts_lib import demo, notebook_setup, padding_bench
 from tts_lib.ingest import FORMATS, ingest
 from tts_lib.manifest import read_manifest, write_manifest
 from tts_lib.split import SplitConfig, assign_splits
@@ -170,7 +170,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     results = run_finetune(config)
     if results.get("interrupted"):
         return 3
-    print(json.dumps({k: results.get(k) for k in ("version", "merged_dir", "adapter_dir", "package")}, indent=2))
+    out = Path(config.out).resolve()  # results.json keeps paths relative to the version folder; here, full ones
+    shown = {k: str(out / results[k]) if results.get(k) else None for k in ("merged_dir", "adapter_dir", "package")}
+    print(json.dumps({"version": results.get("version"), **shown}, indent=2))
     return 0
 
 
@@ -259,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("finetune", help="one fine-tune start to finish: data, estimate, train, merge, export, lineage")
     p.add_argument("--config", help="YAML file of FinetuneConfig fields (tts_lib/finetune.py); flags override it")
     p.add_argument("--mode", choices=["quick_lora", "full", "two_phase"])
-    p.add_argument("--base-model", help="pretrained model folder (upstream layout); with --parent: the parent's")
+    p.add_argument("--base-model", help="auto | tiny-demo | openaudio-s1-mini | a model folder (upstream layout); "
+                   "with --parent: the parent's (README: base-model names)")
     p.add_argument("--data", help="dataset: fish folders, LJSpeech, CSV, JSONL or parquet")
     p.add_argument("--out", help="this version's folder (default runs/v1); the same --out again resumes")
     p.add_argument("--parent", help="version to build on (name or folder), adapter folder, or upstream LoRA .ckpt")
@@ -317,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     q = actions.add_parser("rollback", help="make an earlier version current (deletes nothing)")
     q.add_argument("version", help="version name or folder")
     q.add_argument("--project", **project)
+
+    notebook_setup.add_parser(sub)
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
     p = bench.add_parser("padding", help="padding efficiency of bucketed vs random batches")

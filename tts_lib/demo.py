@@ -17,6 +17,20 @@ import sys
 from pathlib import Path
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "finetune.ipynb"
+
+
+def ipc_kernel_manager():
+    """A kernel manager that talks to the kernel over local sockets, not TCP: nothing listens on a port, and the
+    kernel's "running over TCP without encryption" warning stays out of the headless log."""
+    from jupyter_client.manager import KernelManager
+    from traitlets import default
+
+    class IPCKernelManager(KernelManager):
+        @default("transport")
+        def _default_transport(self) -> str:
+            return "ipc"
+
+    return IPCKernelManager
 # Small enough for a CPU: a few seconds per step on the tiny model, a few minutes in all.
 DEMO_PARAMETERS = {
     "training_mode": "quick_lora",
@@ -46,13 +60,14 @@ def run(args: argparse.Namespace) -> int:
         str(out / "finetune.ipynb"),
         parameters=parameters,
         kernel_name="python3",  # the Python running this command (ipykernel's own kernel)
-        cwd=str(NOTEBOOK.parent.parent),
+        kernel_manager_class=ipc_kernel_manager(),
+        cwd=str(NOTEBOOK.parent),  # where JupyterLab starts it: the notebook resolves its paths from the root
         progress_bar=False,
         stdout_file=sys.stdout,
         stderr_file=sys.stderr,
     )
     results = json.loads((version / "results.json").read_text(encoding="utf-8"))
     print(f"\nDone. Executed notebook: {out / 'finetune.ipynb'}")
-    print(f"Merged model (upstream layout; tiny-demo generates noise): {results['merged_dir']}")
-    print(f"Package for download: {results['package']}")
+    print(f"Merged model (upstream layout; tiny-demo generates noise): {version / results['merged_dir']}")
+    print(f"Package for download: {version / results['package']}")
     return 0

@@ -34,9 +34,11 @@ import torch
 
 from tts_lib import cost, lineage, parents
 from tts_lib.adapters import AdapterConfig, add_adapters
+from tts_lib.bundle import is_random_demo, resolve_base_model
 from tts_lib.checkpoints import data_fingerprint
 from tts_lib.codes_cache import extract_codes
 from tts_lib.config_io import config_to_dict
+from tts_lib.errors import DataError
 from tts_lib.fileio import atomic_write_json, default_cache_dir
 from tts_lib.forgetting import check_forgetting, format_forgetting
 from tts_lib.manifest import Item, read_manifest, write_manifest
@@ -100,10 +102,12 @@ class Plan:
     table: dict[str, cost.GpuInfo]
     estimate: dict  # estimate.json: cost.CostEstimate.to_json() + hours/usd of this machine's row
     estimate_text: str
+    out_setting: str = "--out"  # what the user calls `out` where they are (the notebook: output_dir)
 
 
 def run_finetune(config: FinetuneConfig, on_metrics=None) -> dict:
-    """Plan, then train, merge, record and package; a finished `out` is returned as it is."""
+    """Plan, then train, merge, record and package; a finished `out` is returned as it is.
+    Paths in the results are relative to `config.out` (so they stay right after a download)."""
     done = finished(config.out)
     if done is not None:
         print(f"{config.out} is already finished (results.json); use another --out for a new version")
@@ -119,15 +123,17 @@ def finished(out: str | Path) -> dict | None:
     return read_json(path) if path.is_file() else None
 
 
-def plan_finetune(config: FinetuneConfig) -> Plan:
+def plan_finetune(config: FinetuneConfig, out_setting: str = "--out") -> Plan:
     """Start point, data (prepared and encoded), recommended steps and learning rates, cost estimate.
-    A finished version folder is refused: it is never prepared or trained again."""
+    A finished version folder is refused: it is never prepared or trained again. Planning locks nothing:
+    the settings are pinned (run.json) only when training starts, so a failed plan can be corrected.
+    `out_setting` names the output folder's setting in messages (`--out`, or the notebook's `output_dir`)."""
     out = Path(config.out)
     if finished(out) is not None:
-        raise FileExistsError(f"{out} is a finished version (results.json); use another folder for a new version")
+        raise FileExistsError(f"{out} is a finished version (results.json); set {out_setting} to a new folder")
     out.mkdir(parents=True, exist_ok=True)
-    run = resume_or_start(config, out)
-    base = Path(config.base_model) if config.base_model else parents.base_of(config.parent, out.parent)
+    run = unfinished_run(config, out, out_setting)
+    base = resolve_base_model(config.base_model) if config.base_model else parents.base_of(config.parent, out.parent)
     family = load_family(base)
     identity = family.identity()
     start = parents.resolve_start(
@@ -158,13 +164,14 @@ def plan_finetune(config: FinetuneConfig) -> Plan:
     scratch = parents.recommended_steps(total_frames, budget, epochs, MIN_STEPS["fresh"]) if start.parent else None
     estimate, text = estimate_run(config, out, start, train_items, planned, scratch, table, gpu)
     return Plan(config, out, run["number"], base, identity, start, report, items, new, steps, lr, lora_lr,
-                speaker_data, gpu, table, estimate, text)  # fmt: skip
+                speaker_data, gpu, table, estimate, text, out_setting)  # fmt: skip
 
 
 def run_plan(plan: Plan, on_metrics=None) -> dict:
     """Train (one or two phases), merge and verify, write lineage metadata, package, results.json."""
     config, out, start, steps, lr, lora_lr = plan.config, plan.out, plan.start, plan.steps, plan.lr, plan.lora_lr
     speaker_data, items, new, estimate = plan.speaker_data, plan.items, plan.new, plan.estimate
+    lock_run(plan)
     started = time.monotonic()
     plot_dataset(plan.report, out / "dataset.png")
     plots = [out / "dataset.png"]
@@ -177,7 +184,7 @@ def run_plan(plan: Plan, on_metrics=None) -> dict:
         engine = phase(config, start.weights, out / "data" / "manifest.jsonl", out / first, steps, lr, False, None)
         result = train(engine, on_metrics)
         if result.interrupted:
-            return interrupted(out)
+            return interrupted(out, plan.out_setting)
         plots.append(plot_run(out / first))
         metrics["full"] = {"best_val_codebook_loss": result.best_metric, "steps": result.step}
         outputs["language_base_dir" if config.mode == "two_phase" else "merged_dir"] = f"{first}/final"
@@ -190,7 +197,7 @@ def run_plan(plan: Plan, on_metrics=None) -> dict:
         )
         result = train(engine, on_metrics)
         if result.interrupted:
-            return interrupted(out)
+            return interrupted(out, plan.out_setting)
         plots.append(plot_run(run_dir))
         metrics["lora"] = {"best_val_codebook_loss": result.best_metric, "steps": result.step}
         outputs["adapter_dir"] = str(result.final_model.relative_to(out))
@@ -218,7 +225,8 @@ def run_plan(plan: Plan, on_metrics=None) -> dict:
         best["language_val_codebook_loss"] = metrics["full"]["best_val_codebook_loss"]
     meta = {
         "version": out.name, "number": plan.number, "parent": start.parent, "mode": config.mode,
-        "base_model": {**plan.identity, "folder": str(plan.base.resolve())},
+        "base_model": {**plan.identity, "folder": str(plan.base.resolve()),
+                       **({"random_weights": True} if is_random_demo(plan.base) else {})},
         "start_model": {"folder": str(lora_start.weights.resolve())},
         "dataset_fingerprint": data_fingerprint(items), "samples": {"new": len(new), "total": len(items)},
         "hours": hours, "steps": steps, "best_val": best,
@@ -237,10 +245,10 @@ def run_plan(plan: Plan, on_metrics=None) -> dict:
         package = str(package_version(out))
         print(f"package for download: {package}")
     results = {
-        "version": out.name, "mode": config.mode, "parent": start.parent,
-        **{k: str((out / v).resolve()) for k, v in outputs.items()},
-        "metrics": metrics, "cost": meta["cost"], "package": package, "plots": [str(p) for p in plots],
-        "forgetting": forgetting, "metadata": str(out / lineage.METADATA_FILE),
+        "version": out.name, "mode": config.mode, "parent": start.parent, **outputs,
+        "metrics": metrics, "cost": meta["cost"], "package": package and Path(package).relative_to(out).as_posix(),
+        "plots": [p.relative_to(out).as_posix() for p in plots], "forgetting": forgetting,
+        "metadata": lineage.METADATA_FILE,
     }  # fmt: skip
     results.setdefault("adapter_dir", None)
     atomic_write_json(out / "results.json", results)
@@ -248,27 +256,32 @@ def run_plan(plan: Plan, on_metrics=None) -> dict:
     return results
 
 
-def interrupted(out: Path) -> dict:
-    print(f"interrupted: the same command with --out {out} resumes where this stopped")
+def interrupted(out: Path, out_setting: str = "--out") -> dict:
+    print(f"interrupted: run again with the same {out_setting} ({out}) to resume where this stopped")
     return {"version": out.name, "interrupted": True}
 
 
-def resume_or_start(config: FinetuneConfig, out: Path) -> dict:
-    """`out/run.json` pins the version number and the settings; a rerun must not change what it trains."""
-    saved = read_json(out / RUN_FILE) if (out / RUN_FILE).is_file() else None
+def unfinished_run(config: FinetuneConfig, out: Path, out_setting: str) -> dict:
+    """The run `out/run.json` pinned when its training started (a rerun must not change what it trains),
+    or a new one, not yet written: {"number": version number, "config": settings}."""
     current = config_to_dict(config)
-    if saved is None:
-        run = {"number": lineage.next_version_number(out.parent), "config": current}
-        atomic_write_json(out / RUN_FILE, run)
-        return run
+    if not (out / RUN_FILE).is_file():
+        return {"number": lineage.next_version_number(out.parent), "config": current}
+    saved = read_json(out / RUN_FILE)
     fixed = ("mode", "base_model", "data", "parent", "incremental", "speaker", "adapter")
     changed = [f"{k}: was {saved['config'].get(k)!r}, now {current.get(k)!r}" for k in fixed
                if saved["config"].get(k) != current.get(k)]  # fmt: skip
     if changed:
-        raise ValueError(f"{out} holds an unfinished run with other settings ({'; '.join(changed)}); "
-                         "run it with the same settings to resume, or use another --out")  # fmt: skip
+        raise ValueError(f"{out} holds an unfinished training run with other settings ({'; '.join(changed)}); "
+                         f"run it with the same settings to resume, or set {out_setting} to a new folder")  # fmt: skip
     print(f"resuming the unfinished run in {out}")
     return saved
+
+
+def lock_run(plan: Plan) -> None:
+    """Training starts: pin the version number and the settings (a no-op when resuming)."""
+    if not (plan.out / RUN_FILE).is_file():
+        atomic_write_json(plan.out / RUN_FILE, {"number": plan.number, "config": config_to_dict(plan.config)})
 
 
 def prepare(config: FinetuneConfig, out: Path, start: parents.Start, family) -> tuple[ValidationReport, list[Item]]:
@@ -276,7 +289,12 @@ def prepare(config: FinetuneConfig, out: Path, start: parents.Start, family) -> 
     data = prepare_dataset(config.data, out / "data", parent_manifest=start.manifest)
     if data.report.errors:
         print(format_report(data.report, max_per_code=5))
-        raise ValueError(f"{config.data}: the dataset has errors (listed above; report in {out / 'data'})")
+        clean = out.parent / f"{out.name}-clean.jsonl"
+        raise DataError(
+            f"{config.data}: the dataset has {len(data.report.errors)} errors (listed above). Fix them, or train "
+            f"without the bad items: python -m tts_lib validate {config.data} --drop-invalid {clean} writes a "
+            f"manifest without them (and lists each dropped item and why); then use {clean} as the dataset"
+        )
     items = data.report.items
     if start.manifest is not None:  # forgetting shows only if the old held-out items are still scored
         have = {i.id for i in items}
@@ -284,7 +302,7 @@ def prepare(config: FinetuneConfig, out: Path, start: parents.Start, family) -> 
     cache = Path(config.codes_cache) if config.codes_cache else default_cache_dir() / "codes"
     extraction = extract_codes(items, family.codec_spec(), cache, log_every=30)
     if extraction.failed:
-        raise ValueError(f"{config.data}: could not encode {len(extraction.failed)} clips: {extraction.failed[:3]}")
+        raise DataError(f"{config.data}: could not encode {len(extraction.failed)} clips: {extraction.failed[:3]}")
     write_manifest(data.manifest, items)
     return data.report, items
 
@@ -331,8 +349,9 @@ def speaker_manifest(config: FinetuneConfig, out: Path, items: list[Item], frame
 def estimate_run(config, out, start, train_items, steps, scratch, table, gpu) -> tuple[dict, str]:
     """Time a few real training steps (forward + backward) and price the planned tokens."""
     path = out / "estimate.json"
-    if path.is_file():
-        saved = read_json(path)
+    settings = config_to_dict(config)
+    saved = read_json(path) if path.is_file() else {}
+    if saved.get("config") == settings:  # measured for these settings (a rerun, or a resumed run)
         return saved, saved.get("text", "")
     if config.estimate_steps <= 0 or not train_items:
         return {}, "no cost estimate (estimate_steps is 0)"
@@ -343,7 +362,8 @@ def estimate_run(config, out, start, train_items, steps, scratch, table, gpu) ->
     estimate = cost.estimate_cost(planned, throughput, gpu, table, scratch_tokens)
     text = cost.format_estimate(estimate)
     first = estimate.rows[0] if estimate.rows else None
-    saved = {**estimate.to_json(), "hours": estimate.hours, "usd": first.usd if first else None, "text": text}
+    saved = {**estimate.to_json(), "hours": estimate.hours, "usd": first.usd if first else None, "text": text,
+             "config": settings}  # fmt: skip
     atomic_write_json(path, saved)
     return saved, text
 

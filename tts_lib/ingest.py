@@ -5,9 +5,11 @@ Formats: "fish" (Fish Speech folders with .lab transcripts), "ljspeech" (metadat
 and "parquet" (Hugging Face hub shards, in `ingest_parquet`).
 
 Nothing is dropped silently: a row or file that cannot become an item is reported as a `Problem`
-with its file and line, and reading goes on. Problems about files that never became an item carry
-no item_id, so a cleaned manifest can list them among what was dropped. Problems about an item
-that exists (bad UTF-8) carry its id, so validation does not report them a second time.
+with its file and line, and reading goes on. Every item records its `Origin` (the table file and
+line, the .lab file, or the parquet shard and row), so validation names where to fix it.
+Problems about files that never became an item carry no item_id, so a cleaned manifest can list
+them among what was dropped. Problems about an item that exists (bad UTF-8) carry its id, so
+validation does not report them a second time.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from tts_lib.ingest_tables import (
     read_ljspeech,
     read_text_file,
 )
-from tts_lib.manifest import Item, Problem
+from tts_lib.manifest import Item, Origin, Problem
 
 FORMATS = ("fish", "ljspeech", "csv", "jsonl", "parquet")
 
@@ -252,7 +254,9 @@ def read_fish(root: Path) -> tuple[list[Item], list[Problem]]:
             text, bad_offset = read_text_file(lab)
             npy = audio_path.with_suffix(".npy")
             codes = str(npy) if npy.is_file() else None
-            items.append(Item(item_id, str(audio_path), text, speaker, codes=codes))
+            # The transcript is the file the user edits; the audio beside it is named by the problem.
+            origin = Origin(str(lab))
+            items.append(Item(item_id, str(audio_path), text, speaker, codes=codes, origin=origin))
             if bad_offset is not None:
-                problems.append(not_utf8(lab, f"byte {bad_offset}", item_id))
+                problems.append(not_utf8(origin, f"byte {bad_offset}", item_id))
     return items, problems

@@ -22,7 +22,7 @@ import soundfile as sf
 from tts_lib.audio import AUDIO_EXTENSIONS
 from tts_lib.fileio import atomic_write_bytes, default_cache_dir
 from tts_lib.ingest_tables import decode, is_hidden, malformed, not_utf8
-from tts_lib.manifest import Item, Problem
+from tts_lib.manifest import Item, Origin, Problem
 
 TEXT_COLUMNS = ("text", "transcription", "sentence", "normalized_text", "transcript", "raw_text")
 SPEAKER_COLUMNS = ("speaker", "speaker_id", "client_id", "speaker_name")
@@ -164,14 +164,14 @@ def read_parquet(
         for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=columns):
             for record in batch.to_pylist():
                 row += 1
-                where = f"row {row}"
+                origin = Origin(str(shard), row=row)
                 text, bad = record[text_col], None
                 if isinstance(text, bytes):
                     text, bad = decode(text)
                 if not isinstance(text, str):
                     found = "null" if text is None else type(text).__name__
                     message = f"text column {text_col!r} is {found}, expected text"
-                    problems.append(malformed(shard, where, message))
+                    problems.append(malformed(origin, message))
                     continue
                 data, name = split_audio(record[audio_col])
                 if data is not None:
@@ -180,7 +180,7 @@ def read_parquet(
                     audio = local_audio(name, shard, folder)
                 else:
                     message = f"audio column {audio_col!r} has neither bytes nor path"
-                    problems.append(malformed(shard, where, message))
+                    problems.append(malformed(origin, message))
                     continue
                 # The original file name is a better id than a row number that a re-shard would change.
                 item_id = f"{prefix}/{Path(name).stem}" if name else ""
@@ -189,7 +189,7 @@ def read_parquet(
                 used_ids.add(item_id)
                 speaker = record[speaker_col] if speaker_col else None
                 speaker = str(speaker).strip() if speaker is not None else ""
-                items.append(Item(item_id, str(audio), text.strip(), speaker or folder.name))
+                items.append(Item(item_id, str(audio), text.strip(), speaker or folder.name, origin=origin))
                 if bad is not None:
-                    problems.append(not_utf8(shard, f"{where}, byte {bad} of column {text_col!r}", item_id))
+                    problems.append(not_utf8(origin, f"byte {bad} of column {text_col!r}", item_id))
     return items, problems

@@ -2,7 +2,8 @@
 
 Files are read as bytes and decoded line by line with errors="replace", so one line of bad UTF-8
 becomes an item with U+FFFD in its text and a `text_not_utf8` problem naming the line, instead of
-an exception that stops the whole dataset.
+an exception that stops the whole dataset. Every item records its `Origin` (file and line), counted
+as an editor counts them: from 1, header and blank lines included.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-from tts_lib.manifest import ITEM_FIELDS, SPLITS, Item, Problem
+from tts_lib.manifest import ITEM_FIELDS, SPLITS, Item, Origin, Problem
 
 CSV_COLUMNS = ("audio_file", "text", "speaker_name")
 # VoxCPM's fields plus tts_lib's own manifest fields; dataset_id is VoxCPM's, not a speaker.
@@ -45,13 +46,16 @@ def read_lines(path: Path) -> list[Line]:
     return lines
 
 
-def not_utf8(path: Path, where: str, item_id: str | None) -> Problem:
+def not_utf8(origin: Origin, detail: str, item_id: str | None) -> Problem:
+    """`detail` says where in the row, e.g. "byte 14"; the message names the line itself, as
+    `ingest` prints problems as path: message."""
+    where = ", ".join(part for part in (origin.place, detail) if part)
     message = f"{where}: bytes are not valid UTF-8 (shown as U+FFFD in the transcript)"
-    return Problem("error", "text_not_utf8", message, str(path), item_id)
+    return Problem("error", "text_not_utf8", message, origin.file, item_id, origin)
 
 
-def malformed(path: Path, where: str, message: str) -> Problem:
-    return Problem("error", "malformed_row", f"{where}: {message}", str(path))
+def malformed(origin: Origin, message: str) -> Problem:
+    return Problem("error", "malformed_row", f"{origin.place}: {message}", origin.file, origin=origin)
 
 
 def id_from_path(audio: Path, folder: Path) -> str:
@@ -83,18 +87,19 @@ def read_ljspeech(file: Path) -> tuple[list[Item], list[Problem]]:
     for lineno, line, bad in read_lines(file):
         if not line.strip():
             continue
+        origin = Origin(str(file), lineno)
         fields = line.split("|")
         if len(fields) not in (2, 3) or not fields[0].strip():
             found = "an empty id" if len(fields) in (2, 3) else f"{len(fields)} field(s)"
-            message = f"expected id|text|normalized_text, found {found}"
-            problems.append(malformed(file, f"line {lineno}", message))
+            problems.append(malformed(origin, f"expected id|text|normalized_text, found {found}"))
             continue
         item_id = fields[0].strip()
         # The normalized column spells out numbers and abbreviations: what the speaker actually said.
         text = fields[2].strip() if len(fields) == 3 and fields[2].strip() else fields[1].strip()
-        items.append(Item(item_id, str(folder / "wavs" / f"{item_id}.wav"), text, folder.name))
+        audio = str(folder / "wavs" / f"{item_id}.wav")
+        items.append(Item(item_id, audio, text, folder.name, origin=origin))
         if bad is not None:
-            problems.append(not_utf8(file, f"line {lineno}, byte {bad}", item_id))
+            problems.append(not_utf8(origin, f"byte {bad}", item_id))
     return items, problems
 
 
@@ -118,8 +123,12 @@ def csv_header(path: Path) -> list[str] | None:
     return [name.strip() for name in fields]
 
 
-def csv_records(lines: list[Line], sep: str) -> tuple[list[tuple[int, int, list[str]]], Problem | None]:
-    """(first line, last line, fields) per record after the header, and a parse error that stopped it.
+Record = tuple[int, int, list[str]]  # (first line, last line, fields)
+
+
+def csv_records(lines: list[Line], sep: str) -> tuple[list[Record], tuple[int, str] | None]:
+    """(first line, last line, fields) per record after the header, and (line, reason) of a parse
+    error that stopped reading.
 
     Pipe files are split literally (quotes are text, as in LJSpeech); comma files use CSV quoting,
     where one quoted record may span several lines.
@@ -137,9 +146,7 @@ def csv_records(lines: list[Line], sep: str) -> tuple[list[tuple[int, int, list[
             if any(f.strip() for f in fields):
                 records.append((first, last, fields))
     except csv.Error as e:
-        where = body[min(reader.line_num, len(body)) - 1][0]
-        message = f"line {where}: {e}; the rest of the file was not read"
-        return records, Problem("error", "malformed_row", message)
+        return records, (body[min(reader.line_num, len(body)) - 1][0], str(e))
     return records, None
 
 
@@ -159,25 +166,27 @@ def read_csv(file: Path) -> tuple[list[Item], list[Problem]]:
     bad_bytes = {n: offset for n, _, offset in lines if offset is not None}
     items: list[Item] = []
     for first, last, fields in records:
-        where = f"line {first}" if first == last else f"lines {first}-{last}"
+        origin = Origin(str(file), first, last if last != first else None)
         if len(fields) != len(columns):
             expected = f"{len(columns)} fields ({sep.join(columns)})"
-            problems.append(malformed(file, where, f"expected {expected}, found {len(fields)}"))
+            problems.append(malformed(origin, f"expected {expected}, found {len(fields)}"))
             continue
         audio_file = fields[col["audio_file"]].strip()
         if not audio_file:
-            problems.append(malformed(file, where, "audio_file is empty"))
+            problems.append(malformed(origin, "audio_file is empty"))
             continue
         audio = resolve(folder, audio_file)
         speaker = fields[col["speaker_name"]].strip() if "speaker_name" in col else ""
         item_id = id_from_path(audio, folder)
-        items.append(Item(item_id, str(audio), fields[col["text"]].strip(), speaker or folder.name))
+        text = fields[col["text"]].strip()
+        items.append(Item(item_id, str(audio), text, speaker or folder.name, origin=origin))
         bad = next((n for n in range(first, last + 1) if n in bad_bytes), None)
         if bad is not None:
-            problems.append(not_utf8(file, f"line {bad}, byte {bad_bytes[bad]}", item_id))
+            # The line with the bad bytes, which in a multi-line record need not be its first.
+            problems.append(not_utf8(Origin(str(file), bad), f"byte {bad_bytes[bad]}", item_id))
     if error:
-        error.path = str(file)
-        problems.append(error)
+        line, reason = error
+        problems.append(malformed(Origin(str(file), line), f"{reason}; the rest of the file was not read"))
     return items, problems
 
 
@@ -229,26 +238,27 @@ def read_jsonl(file: Path) -> tuple[list[Item], list[Problem]]:
     for lineno, line, bad in read_lines(file):
         if not line.strip():
             continue
-        where = f"line {lineno}"
+        origin = Origin(str(file), lineno)
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             message = f"expected one JSON object, could not parse it ({e.msg} at column {e.colno})"
-            problems.append(malformed(file, where, message))
+            problems.append(malformed(origin, message))
             continue
         if not isinstance(row, dict):
-            problems.append(malformed(file, where, f"expected a JSON object, found {type(row).__name__}"))
+            problems.append(malformed(origin, f"expected a JSON object, found {type(row).__name__}"))
             continue
         try:
             item = item_from_jsonl(row, file.parent)
         except ValueError as e:
-            problems.append(malformed(file, where, str(e)))
+            problems.append(malformed(origin, str(e)))
             continue
         for key in row.keys() - JSONL_FIELDS:
             ignored[key] = ignored.get(key, 0) + 1
+        item.origin = origin
         items.append(item)
         if bad is not None:
-            problems.append(not_utf8(file, f"{where}, byte {bad}", item.id))
+            problems.append(not_utf8(origin, f"byte {bad}", item.id))
     if ignored:
         listed = ", ".join(f"{key} ({n} rows)" for key, n in sorted(ignored.items()))
         message = f"fields not used: {listed}; known fields are {', '.join(sorted(JSONL_FIELDS))}"

@@ -1,11 +1,11 @@
 """render_versions(models, sentences, out_dir): the same sentences from several model versions, as WAVs and players.
 
-    from tts_lib.listening import EVAL_SENTENCES, players_html, render_versions
+    from tts_lib.listening import EVAL_SENTENCES, players_page, render_versions
     from tts_lib.models import load_family
 
     family = load_family("runs/v1/merged")
     rows = render_versions({"after": (family, family.load_model().eval())}, EVAL_SENTENCES["fi"], "runs/v1/listen")
-    Path("runs/v1/listen/players.html").write_text(players_html(rows))
+    Path("runs/v1/listen/players.html").write_text(players_page(rows, "runs/v1/listen"), encoding="utf-8")
 
 Every version speaks every sentence with the same seed, so what differs between two WAVs comes from the
 weights. WAVs go to `out_dir/<version>/<k>.wav`; one that exists already is kept (a finished version's
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -108,34 +109,48 @@ def render_versions(
     return rows
 
 
-def players_html(rows: Sequence[Mapping[str, Any]], embed_limit: int = 2, relative_to: str | Path | None = None) -> str:
-    """An HTML table, one row per sentence and one column per version; the first `embed_limit` sentences get
-    <audio> players, later ones links. With `relative_to` (the folder the page is saved in) players and links
-    point at the WAVs relative to it, so the page stays a few kB; without it the players embed their WAV
-    (base64, about 1.4 MB per 10 s), which is what a notebook's inline display needs."""
+def players_html(rows: Sequence[Mapping[str, Any]], relative_to: str | Path | None = None, embed: bool = False) -> str:
+    """An HTML table, one row per sentence and one column per version, a player in every cell.
+
+    embed=True: each player carries its audio (FLAC: lossless, about half a WAV; base64), so the page plays
+    wherever it is opened: from disk, downloaded, or in JupyterLab's file browser, whose HTML viewer cannot
+    fetch the files beside a page. Otherwise players point at the WAVs: relative to `relative_to` (a notebook
+    output: JupyterLab serves them from there, and the saved notebook stays small), else by absolute path.
+    Each cell also links its WAV, relative to `relative_to` when given."""
     versions = list(dict.fromkeys(r["version"] for r in rows))
     texts = {r["sentence_index"]: r["text"] for r in rows}
     cells = {(r["sentence_index"], r["version"]): r for r in rows}
     head = "".join(f"<th>{html.escape(v)}</th>" for v in versions)
     lines = [f"<table><tr><th>#</th><th>sentence</th>{head}</tr>"]
     for k in sorted(texts):
-        tds = "".join(f"<td>{_cell(cells.get((k, v)), k < embed_limit, relative_to)}</td>" for v in versions)
+        tds = "".join(f"<td>{_cell(cells.get((k, v)), relative_to, embed)}</td>" for v in versions)
         lines.append(f"<tr><td>{k}</td><td>{html.escape(texts[k])}</td>{tds}</tr>")
     lines.append("</table>")
     return "\n".join(lines)
 
 
-def _cell(row: Mapping[str, Any] | None, player: bool, relative_to: str | Path | None) -> str:
+def players_page(rows: Sequence[Mapping[str, Any]], folder: str | Path, title: str = "Listening") -> str:
+    """players.html for `folder`: a whole page (UTF-8 declared, so Ethiopic and Finnish letters show right
+    from disk) with every player embedded; the WAV links are relative to `folder`."""
+    return (
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        "<style>body{font-family:sans-serif} td,th{padding:4px 8px;border-bottom:1px solid #ddd}</style>"
+        f"</head><body>\n<h1>{html.escape(title)}</h1>\n{players_html(rows, folder, embed=True)}\n</body></html>\n"
+    )
+
+
+def _flac_data_uri(path: Path) -> str:
+    wave, rate = sf.read(path, dtype="float32")
+    buffer = io.BytesIO()
+    sf.write(buffer, wave, rate, format="FLAC")
+    return "data:audio/flac;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _cell(row: Mapping[str, Any] | None, relative_to: str | Path | None, embed: bool) -> str:
     if row is None:
         return ""
     path = Path(row["wav"])
-    label = f"{row['seconds']:.1f} s"
-    if relative_to is not None:
-        src = html.escape(Path(os.path.relpath(path, relative_to)).as_posix())
-    elif player:
-        src = "data:audio/wav;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
-    else:
-        src = html.escape(path.as_posix())
-    if player:
-        return f'<audio controls preload="none" src="{src}"></audio><br>{label}'
-    return f'<a href="{src}">{label}</a>'
+    link = Path(os.path.relpath(path, relative_to)).as_posix() if relative_to is not None else path.as_posix()
+    src = _flac_data_uri(path) if embed else link
+    return (f'<audio controls preload="metadata" src="{html.escape(src)}"></audio><br>'
+            f'<a href="{html.escape(link)}">{row["seconds"]:.1f} s, wav</a>')  # fmt: skip

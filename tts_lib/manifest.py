@@ -3,18 +3,47 @@
 Every ingest format ends up as a list of `Item`s; everything downstream (validation, split,
 code extraction, training) reads only this. Audio and code paths are stored relative to the
 manifest's folder when they lie under it, so a dataset folder can be moved as a whole.
+
+Each item read from a file also knows its `Origin`: the table file and line (or .lab file, or
+parquet row) it came from, so that a problem found later names the place where the user fixes it.
+The origin lives in memory only: a manifest on disk is its own origin (read back, its items point
+at its own lines), and a stored origin would go stale as soon as the source table is edited.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from tts_lib.fileio import atomic_write_lines
 
 SPLITS = ("train", "val")
+
+
+@dataclass
+class Origin:
+    """Where an item was read from: the file a user edits to fix it, and the place in that file."""
+
+    file: str  # the table (metadata.csv, CSV, JSONL), .lab transcript or parquet shard
+    line: int | None = None  # first line of the row, from 1, header and blank lines counted
+    last_line: int | None = None  # last line, when a quoted CSV record spans several lines
+    row: int | None = None  # parquet: the row's index in its shard, from 0
+
+    @property
+    def place(self) -> str:
+        """The place in the file: 'line 12', 'lines 3-5', 'row 7', or '' for a whole .lab file."""
+        if self.row is not None:
+            return f"row {self.row}"
+        if self.line is None:
+            return ""
+        if self.last_line is not None and self.last_line != self.line:
+            return f"lines {self.line}-{self.last_line}"
+        return f"line {self.line}"
+
+    def __str__(self) -> str:
+        return f"{self.file} {self.place}".rstrip()
 
 
 @dataclass
@@ -28,6 +57,8 @@ class Item:
     channels: int | None = None  # from the audio header
     split: str | None = None  # "train" or "val"; None until a split is assigned
     codes: str | None = None  # pre-extracted codec codes (.npy, shape (num_codebooks, T)), if any
+    # Not written to the manifest, and not compared: an item read back equals the one written.
+    origin: Origin | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -39,9 +70,10 @@ class Problem:
     message: str  # one sentence: what was expected, what was found
     path: str | None = None  # the file the problem is about
     item_id: str | None = None  # the item the problem is about, when there is one
+    origin: Origin | None = None  # the row the item (or the malformed row) was read from
 
 
-ITEM_FIELDS = tuple(f.name for f in fields(Item))
+ITEM_FIELDS = tuple(f.name for f in fields(Item) if f.name != "origin")  # the fields on disk
 REQUIRED_FIELDS = ("id", "audio", "text", "speaker")
 
 
@@ -53,13 +85,18 @@ def _relative_to(path: str, folder: Path) -> str:
         return str(p)
 
 
+def item_row(item: Item) -> dict:
+    """The item's manifest fields, paths as they are in memory (absolute)."""
+    return {name: getattr(item, name) for name in ITEM_FIELDS}
+
+
 def write_manifest(path: str | os.PathLike, items: list[Item]) -> Path:
     """Write items as JSONL atomically; paths under the manifest's folder become relative."""
     path = Path(path)
     folder = path.parent.resolve()
     lines = []
     for item in items:
-        row = asdict(item)
+        row = item_row(item)
         row["audio"] = _relative_to(item.audio, folder)
         if item.codes:
             row["codes"] = _relative_to(item.codes, folder)
@@ -85,7 +122,10 @@ def item_from_row(row: dict, base: Path, where: str) -> Item:
 
 
 def read_manifest(path: str | os.PathLike) -> list[Item]:
-    """Read a manifest written by `write_manifest` (strict: unknown fields are an error)."""
+    """Read a manifest written by `write_manifest` (strict: unknown fields are an error).
+
+    Each item's origin is its line in this manifest.
+    """
     path = Path(path)
     base = path.parent.resolve()
     items = []
@@ -98,5 +138,7 @@ def read_manifest(path: str | os.PathLike) -> list[Item]:
                 row = json.loads(raw.decode("utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError) as e:
                 raise ValueError(f"{where}: expected one JSON object per line, could not parse it ({e})") from e
-            items.append(item_from_row(row, base, where))
+            item = item_from_row(row, base, where)
+            item.origin = Origin(str(path), lineno)
+            items.append(item)
     return items

@@ -31,6 +31,11 @@ LICENCE = (
     "(OpenAudio S1-mini) and to this fine-tune; share adaptations under the same licence. Check the licence "
     "of the base model you started from if it is not S1-mini (fish-speech-1.5 is CC-BY-NC-SA-4.0 as well)."
 )
+RANDOM_LICENCE = (
+    "The base model is tts_lib's tiny-demo: random weights made by `python -m tts_lib make-tiny-model`, not "
+    "OpenAudio S1-mini, so no S1-mini weights are in this model and their licence does not apply. tiny-demo is "
+    "part of tts_lib (Apache-2.0)."
+)
 MODES = {
     "quick_lora": "a LoRA adapter trained on the base model, then merged into it",
     "full": "a full fine-tune of all weights",
@@ -78,11 +83,18 @@ def model_card(metadata: dict) -> str:
     base_hash = _get(m, "base_model", "hash")
     parent_text = f"version {_fmt(_get(m, 'parent', 'version'))}" if parent else "none (trained from the base model)"
 
+    random = bool(_get(m, "base_model", "random_weights"))
+    what = (
+        "A fine-tune of tts_lib's random tiny-demo model (not OpenAudio S1-mini), made to test the pipeline: "
+        "**everything it generates is noise**"
+        if random
+        else "A Fish Speech (OpenAudio S1-mini) text-to-speech fine-tune"
+    )
     lines = [
         f"# {version} (version {_fmt(m.get('number'))})",
         "",
-        f"A Fish Speech (OpenAudio S1-mini) text-to-speech fine-tune made with tts_lib: {mode or NA} mode, "
-        f"{MODES.get(mode, 'mode not recorded')}. Parent: {parent_text}.",
+        f"{what}, made with tts_lib: {mode or NA} mode, {MODES.get(mode, 'mode not recorded')}. "
+        f"Parent: {parent_text}.",
         "",
         f"- base model: {_fmt(_get(m, 'base_model', 'id'))} (sha256 {base_hash[:12] if base_hash else NA})",
         f"- created: {_fmt(m.get('created_at'))}",
@@ -92,7 +104,7 @@ def model_card(metadata: dict) -> str:
         "",
         "## Licence",
         "",
-        LICENCE,
+        RANDOM_LICENCE if random else LICENCE,
         "",
         "## Data",
         "",

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import resource
@@ -23,7 +24,8 @@ PROGRESS_ENV = "TTS_LIB_PROGRESS"
 def detect_interactive() -> bool:
     """True when a person is likely watching a Jupyter notebook, so a live progress bar is worth drawing.
 
-    Rule: an IPython kernel is loaded (`"ipykernel" in sys.modules`), unless $TTS_LIB_PROGRESS says otherwise.
+    Rule: an IPython kernel is loaded (`"ipykernel" in sys.modules`) and ipywidgets is installed (the bar is a
+    widget), unless $TTS_LIB_PROGRESS says otherwise.
     Papermill cannot be told apart from inside the kernel (it starts an ordinary ipykernel and sets no variable,
     and the kernel's stdout is a ZMQ stream, never a TTY), so headless papermill runs should export
     TTS_LIB_PROGRESS=plain; the kernel inherits it and `--log-output` then gets readable lines, not widget state.
@@ -31,7 +33,8 @@ def detect_interactive() -> bool:
     forced = os.environ.get(PROGRESS_ENV, "").strip().lower()
     if forced in ("plain", "bar"):
         return forced == "bar"
-    return "ipykernel" in sys.modules
+    # Without ipywidgets tqdm.auto's notebook bar is red stderr text under an "IProgress not found" warning.
+    return "ipykernel" in sys.modules and importlib.util.find_spec("ipywidgets") is not None
 
 
 def peak_memory_mb() -> float:
@@ -43,11 +46,11 @@ def peak_memory_mb() -> float:
 
 
 def _open_tensorboard(log_dir: Path, resume_step: int) -> Any:
-    """A SummaryWriter, or None (with one line saying why) when the optional tensorboard package is missing."""
+    """A SummaryWriter, or None when the optional tensorboard package is missing (metrics.jsonl has every row
+    anyway; the README says how to turn TensorBoard on, so a run does not print it every time)."""
     try:
         from torch.utils.tensorboard import SummaryWriter
-    except ImportError as error:
-        print(f"TensorBoard logging is off: {error} (pip install tensorboard to turn it on)", flush=True)
+    except ImportError:
         return None
     # purge_step hides the old events of steps a resumed run redoes, as the jsonl truncation does.
     return SummaryWriter(log_dir=str(log_dir), purge_step=resume_step + 1 if resume_step > 0 else None)

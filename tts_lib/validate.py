@@ -4,7 +4,8 @@
 
 Errors mean an item cannot be trained on; warnings are worth a look. Audio headers are read for
 every item and the samples are decoded once (in a process pool) for the content checks: clipping,
-near-silence and duplicate audio.
+near-silence and duplicate audio. A problem about an item carries the item's origin (the table
+file and line it was read from), because that row is where the user fixes it.
 """
 
 from __future__ import annotations
@@ -120,6 +121,11 @@ def probe_all(paths: list[str], config: ValidationConfig) -> list[AudioProbe]:
         return list(pool.map(_probe_star, [(p, config) for p in paths], chunksize=32))
 
 
+def located(item: Item) -> str:
+    """How a message names another item: the row it was read from when known, else its audio."""
+    return str(item.origin) if item.origin else item.audio
+
+
 def check_items(
     items: list[Item], config: ValidationConfig, encoder: Encoder | None = None
 ) -> tuple[list[Problem], list[AudioProbe], list[list[Problem]]]:
@@ -132,7 +138,7 @@ def check_items(
     index_of = {id(item): k for k, item in enumerate(items)}
 
     def add(severity: str, code: str, item: Item, message: str) -> None:
-        problem = Problem(severity, code, message, path=item.audio, item_id=item.id)
+        problem = Problem(severity, code, message, path=item.audio, item_id=item.id, origin=item.origin)
         problems.append(problem)
         per_item[index_of[id(item)]].append(problem)
 
@@ -143,7 +149,7 @@ def check_items(
                 "error",
                 "duplicate_id",
                 item,
-                f"id {item.id!r} is also used by {first_with_id[item.id].audio}",
+                f"id {item.id!r} is also used by {located(first_with_id[item.id])}",
             )
         else:
             first_with_id[item.id] = item
@@ -198,12 +204,9 @@ def check_items(
             )
         if probe.content_hash:
             if probe.content_hash in first_with_hash:
-                add(
-                    "warning",
-                    "duplicate_audio",
-                    item,
-                    f"same audio samples as {first_with_hash[probe.content_hash].audio}",
-                )
+                first = first_with_hash[probe.content_hash]
+                read_from = f" ({first.origin})" if first.origin else ""
+                add("warning", "duplicate_audio", item, f"same audio samples as {first.audio}{read_from}")
             else:
                 first_with_hash[probe.content_hash] = item
 

@@ -1,4 +1,10 @@
-"""Show a validation report to a person, and write the cleaned manifest when asked to drop items."""
+"""Show a validation report to a person, and write the cleaned manifest when asked to drop items.
+
+    python -m tts_lib validate PATH [--json] [--drop-invalid CLEAN.jsonl]
+
+A problem about an item read from a table is shown at the row it came from, where the user fixes
+it: `/data/metadata.csv line 12 (id LJ001-0042, audio wavs/LJ001-0042.wav): audio file not found`.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,26 @@ from dataclasses import asdict
 from pathlib import Path
 
 from tts_lib.fileio import atomic_write_lines, refuse_overwrite
-from tts_lib.manifest import Problem, write_manifest
+from tts_lib.manifest import Origin, Problem, item_row, write_manifest
 from tts_lib.validate import ValidationReport, invalid_indices
+
+
+def location(p: Problem) -> str | None:
+    """Where `p` is: the row its item was read from (with the item's id and audio), else its file."""
+    # Ingest's own problems (a malformed row, bad bytes) are about the table file itself and already
+    # name the line in their message, as `python -m tts_lib ingest` prints them: path: message.
+    if p.origin is None or p.item_id is None or p.path in (None, p.origin.file):
+        return p.path
+    audio = Path(p.path)
+    try:  # as the row names it, roughly: relative to the table's folder
+        audio = audio.relative_to(Path(p.origin.file).parent)
+    except ValueError:
+        pass
+    return f"{p.origin} (id {p.item_id}, audio {audio.as_posix()})"
+
+
+def origin_json(origin: Origin | None) -> dict | None:
+    return asdict(origin) if origin else None
 
 
 def format_report(report: ValidationReport, max_per_code: int | None = None) -> str:
@@ -43,7 +67,8 @@ def format_report(report: ValidationReport, max_per_code: int | None = None) -> 
         lines.append(f"  {severity} {code} ({len(group)})")
         shown = group if max_per_code is None else group[:max_per_code]
         for p in shown:
-            lines.append(f"    {p.path}: {p.message}" if p.path else f"    {p.message}")
+            where = location(p)
+            lines.append(f"    {where}: {p.message}" if where else f"    {p.message}")
         if len(shown) < len(group):
             lines.append(f"    ... and {len(group) - len(shown)} more (--json lists all)")
     verdict = "OK: no errors" if not report.errors else f"FAILED: {len(report.errors)} errors"
@@ -61,7 +86,8 @@ def write_cleaned(
     """Write the items without errors to `out` and what was dropped, with why, beside it.
 
     Returns (cleaned manifest, dropped list, number dropped). The dropped list also names files
-    that never became items (an audio file with no transcript, a malformed row).
+    that never became items (an audio file with no transcript, a malformed row). Each entry has
+    the origin (file, line or row) it was read from, or null where there is none.
     """
     out = Path(out)
     dropped_path = out.with_name(out.stem + ".dropped.jsonl")
@@ -74,10 +100,13 @@ def write_cleaned(
         reasons = [
             f"{p.code}: {p.message}" for p in report.item_problems[k] if p.severity == "error" or p.code in also_drop
         ]
-        rows.append(json.dumps({"item": asdict(report.items[k]), "reasons": reasons}, ensure_ascii=False))
+        item = report.items[k]
+        row = {"item": item_row(item), "origin": origin_json(item.origin), "reasons": reasons}
+        rows.append(json.dumps(row, ensure_ascii=False))
     for p in report.problems:  # problems of files that never became an item
         if p.item_id is None and p.severity == "error":
-            rows.append(json.dumps({"path": p.path, "reasons": [f"{p.code}: {p.message}"]}, ensure_ascii=False))
+            row = {"path": p.path, "origin": origin_json(p.origin), "reasons": [f"{p.code}: {p.message}"]}
+            rows.append(json.dumps(row, ensure_ascii=False))
     write_manifest(out, [item for k, item in enumerate(report.items) if k not in bad])
     atomic_write_lines(dropped_path, rows)
     return out, dropped_path, len(rows)

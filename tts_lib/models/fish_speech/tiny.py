@@ -54,6 +54,19 @@ def tiny_configs(tokenizer_size: int, codec: FishCodecConfig) -> FishSpeechConfi
     )  # fmt: skip
 
 
+TINY_README_TITLE = "# tiny-demo"  # the first line of the README.md every tiny-demo folder carries
+
+
+def is_tiny_demo(folder: str | Path) -> bool:
+    """True for a folder make_tiny_checkpoint wrote (random weights), told by its README's first line."""
+    readme = Path(folder) / "README.md"
+    try:
+        with readme.open(encoding="utf-8") as f:
+            return f.readline().strip() == TINY_README_TITLE
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def make_tiny_checkpoint(out_dir: str | Path, seed: int = 0, overwrite: bool = False) -> Path:
     """Write the tiny-demo checkpoint folder; the same seed gives the same files."""
     out = Path(out_dir)
@@ -71,7 +84,7 @@ def make_tiny_checkpoint(out_dir: str | Path, seed: int = 0, overwrite: bool = F
     codec_config.save(out / CODEC_CONFIG_FILE)
     atomic_write_text(
         out / "README.md",
-        "# tiny-demo\n\nA random-initialised Fish Speech-layout checkpoint made by "
+        f"{TINY_README_TITLE}\n\nA random-initialised Fish Speech-layout checkpoint made by "
         f"`python -m tts_lib make-tiny-model` (seed {seed}). It exists so the pipeline runs offline on a "
         "CPU. It has never been trained on speech: **everything it generates is noise.**\n",
     )
