@@ -80,3 +80,11 @@ def test_saved_outputs_never_reach_a_commit(tmp_path):
 
 def test_a_folder_outside_git_gets_no_filter(tmp_path):
     assert install_git_filter(tmp_path) is False
+
+
+def test_the_committed_notebooks_are_what_the_filter_makes_of_them():
+    """Otherwise a fresh clone with the filter installed shows both notebooks as modified."""
+    notebooks = [str(p) for p in (ROOT / "notebooks").glob("*.ipynb")]
+    verify = [sys.executable, "-m", "nbstripout", "--verify", *notebooks]
+    result = subprocess.run(verify, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
