@@ -215,3 +215,31 @@ def test_an_unknown_base_model_is_refused_with_the_names(sandbox):
     assert result.returncode == 2
     assert "BASE_MODEL must be auto, openaudio-s1-mini, tiny-demo or a checkpoint folder" in result.stderr
     assert "fish-speech-2" in result.stderr and not (sandbox / ".setup-ready").exists()
+
+
+@pytest.mark.slow
+def test_an_unreachable_cpu_index_costs_one_quick_try(sandbox):
+    """No GPU, torch missing, PyTorch's CPU index unreachable: one try with a short timeout and no retries, one
+    line that says so, then the default index; no retries and no pip errors in the output."""
+    fake = sandbox.parent / "fake-venv" / "bin"
+    fake.mkdir(parents=True)
+    (fake / "python").write_text(
+        '#!/usr/bin/env bash\nif [ "$1" = "-c" ] && [ "$2" = "import torch" ]; then exit 1; fi\n'
+        f'exec {sys.executable} "$@"\n'
+    )
+    (fake / "pip").write_text(
+        '#!/usr/bin/env bash\necho "$*" >> "$PIP_LOG"\n'
+        'case "$*" in *--index-url*) echo "ERROR: No matching distribution found for filelock" >&2; exit 1 ;; esac\n'
+    )
+    for tool in ("python", "pip"):
+        (fake / tool).chmod(0o755)
+    pip_log = sandbox.parent / "pip.log"
+    result = run_setup(sandbox, "--demo", VENV=str(fake.parent), SETUP_SKIP_INSTALL="0", PIP_LOG=str(pip_log),
+                       RETRY_DELAY="1")  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    calls = pip_log.read_text().splitlines()
+    assert "--index-url https://download.pytorch.org/whl/cpu" in calls[0] and "--retries 0" in calls[0]
+    assert "--timeout 5" in calls[0] and calls[1] == "install torch==2.13.0"
+    assert sum("--index-url" in c for c in calls) == 1
+    assert result.stdout.count("PyTorch's CPU index is not reachable") == 1
+    assert "retrying" not in result.stdout and "filelock" not in result.stdout

@@ -108,12 +108,13 @@ def cmd_extract_codes(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
 
+    from tts_lib.bundle import resolve_base_model
     from tts_lib.codes_cache import extract_codes
     from tts_lib.models import load_family
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     items = read_manifest(args.manifest)
-    family = load_family(args.model)
+    family = load_family(resolve_base_model(args.model))
     with tqdm(total=len(items), desc="codes", unit="clip", disable=not sys.stderr.isatty()) as bar:
         summary = extract_codes(
             items,
@@ -177,20 +178,23 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from tts_lib.bundle import resolve_base_model
     from tts_lib.export import export_adapter, merge_adapter_folder
 
     if args.adapter_only:
         print(f"adapter exported to {export_adapter(args.adapter, args.out, args.overwrite)}")
         return 0
-    report = merge_adapter_folder(args.base_model, args.adapter, args.out, args.overwrite)
+    report = merge_adapter_folder(resolve_base_model(args.base_model), args.adapter, args.out, args.overwrite)
     print(f"merged model in {report.out} ({report.dtype}); verified: max |logit diff| {report.max_abs_diff:.2e}")
     return 0
 
 
 def cmd_import_lora(args: argparse.Namespace) -> int:
+    from tts_lib.bundle import resolve_base_model
     from tts_lib.upstream_lora import import_upstream_lora
 
-    out = import_upstream_lora(args.checkpoint, args.base_model, args.out, args.lora_alpha, overwrite=args.overwrite)
+    base = resolve_base_model(args.base_model)
+    out = import_upstream_lora(args.checkpoint, base, args.out, args.lora_alpha, overwrite=args.overwrite)
     print(f"imported as an adapter in {out}; continue it with finetune --parent {out}")
     return 0
 
@@ -247,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("extract-codes", help="encode a manifest's audio to codec codes (cached)")
     p.add_argument("manifest", help="manifest (.jsonl) written by ingest; its codes paths are updated")
-    p.add_argument("--model", required=True, help="checkpoint folder with codec.pth")
+    p.add_argument("--model", required=True, help="base-model name (tiny-demo, openaudio-s1-mini, auto) or folder")
     p.add_argument("--cache-dir", help="default: $TTS_LIB_CACHE/codes or ~/.cache/tts_lib/codes")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto", help="cuda when a GPU is there, else cpu")
@@ -285,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("export", help="merge an adapter into its base (verified) in upstream layout, or copy it")
-    p.add_argument("--base-model", required=True, help="the model folder the adapter was trained on")
+    p.add_argument("--base-model", required=True, help="the base model the adapter was trained on (name or folder)")
     p.add_argument("--adapter", required=True, help="adapter folder (adapter_config.json, tts_adapter.json)")
     p.add_argument("--out", required=True, help="folder to write; an existing one is refused without --overwrite")
     p.add_argument("--adapter-only", action="store_true", help="copy the adapter (peft format) instead of merging")
@@ -294,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("import-lora", help="turn an upstream Fish Speech (Lightning/loralib) LoRA into an adapter")
     p.add_argument("checkpoint", help="upstream .ckpt or .pth with lora_A/lora_B weights")
-    p.add_argument("--base-model", required=True, help="the model folder it was trained on")
+    p.add_argument("--base-model", required=True, help="the base model it was trained on (name or folder)")
     p.add_argument("--out", required=True, help="adapter folder to write")
     p.add_argument("--lora-alpha", type=float, default=16, help="not stored upstream; 16 = upstream's r_8_alpha_16")
     p.add_argument("--overwrite", action="store_true")
