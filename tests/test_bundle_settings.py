@@ -39,6 +39,7 @@ def test_relative_paths_come_from_the_root_whatever_the_working_directory(root, 
     run = resolve_run("quick_lora", bundle.TINY_DEMO, "data/demo", "runs/v1", root=root, environ={})
     assert run.dataset == root / "data" / "demo" and run.output_dir == root / "runs" / "v1"
     assert run.base_folder == root / "checkpoints" / "tiny-demo" and run.demo
+    assert "tiny-demo = checkpoints/tiny-demo" in run.summary() and "notebooks" not in run.summary()
     absolute = checkpoint(root.parent / "mine")
     run = resolve_run("full", str(absolute), str(root / "data"), str(root.parent / "out"), root=root, environ={})
     assert run.base_folder == absolute and run.output_dir == root.parent / "out" and not run.demo

@@ -170,7 +170,7 @@ class Run:
 
     def _base_text(self) -> str:
         folder = shown(self.base_folder, self.root)
-        return f"{self.base_model.value} ({folder})" if self.base_model.value in BASE_MODEL_NAMES else folder
+        return f"{self.base_model.value} = {folder}" if self.base_model.value in BASE_MODEL_NAMES else folder
 
     @property
     def demo(self) -> bool:

@@ -116,7 +116,7 @@ def players_html(rows: Sequence[Mapping[str, Any]], relative_to: str | Path | No
     wherever it is opened: from disk, downloaded, or in JupyterLab's file browser, whose HTML viewer cannot
     fetch the files beside a page. Otherwise players point at the WAVs: relative to `relative_to` (a notebook
     output: JupyterLab serves them from there, and the saved notebook stays small), else by absolute path.
-    Each cell also links its WAV, relative to `relative_to` when given."""
+    Each cell also names its WAV (relative to `relative_to` when given): a link, or with embed=True its path."""
     versions = list(dict.fromkeys(r["version"] for r in rows))
     texts = {r["sentence_index"]: r["text"] for r in rows}
     cells = {(r["sentence_index"], r["version"]): r for r in rows}
@@ -152,5 +152,7 @@ def _cell(row: Mapping[str, Any] | None, relative_to: str | Path | None, embed: 
     path = Path(row["wav"])
     link = Path(os.path.relpath(path, relative_to)).as_posix() if relative_to is not None else path.as_posix()
     src = _flac_data_uri(path) if embed else link
-    return (f'<audio controls preload="metadata" src="{html.escape(src)}"></audio><br>'
-            f'<a href="{html.escape(link)}">{row["seconds"]:.1f} s, wav</a>')  # fmt: skip
+    player = f'<audio controls preload="metadata" src="{html.escape(src)}"></audio><br>{row["seconds"]:.1f} s, '
+    if embed:  # the file's name, not a link: JupyterLab's HTML viewer refuses requests for files beside the page
+        return f"{player}<code>{html.escape(link)}</code>"
+    return f'{player}<a href="{html.escape(link)}">wav</a>'
