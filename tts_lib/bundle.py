@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import tts_lib
-from tts_lib.errors import MissingInputError
+from tts_lib.errors import MissingInputError, SettingError
 
 SETUP_FILE = ".setup-ready"  # written by setup.sh when it finishes: key=value lines, paths relative to the root
 MODES = ("quick_lora", "two_phase", "full")
@@ -111,7 +111,7 @@ def resolve_base_model(name: str, root: Path | None = None, relative_to: Path | 
             print(f"wrote the tiny-demo base model to {shown(folder, root or Path.cwd())} (random weights: noise)")
         return folder
     if name in NOT_SUPPORTED:
-        raise ValueError(
+        raise SettingError(
             "fish-speech-1.5 is not supported yet: its tokenizer files and its codec (firefly GAN VQ) differ "
             f"from S1-mini's and are not implemented or verified here; use base_model {S1_MINI!r}"
         )
@@ -251,7 +251,7 @@ def resolve_run(
     setup = read_setup(root)
     mode = Setting(training_mode, "notebook parameter") if training_mode != "auto" else _auto_mode(setup, environ)
     if mode.value not in MODES:
-        raise ValueError(f"training_mode {mode.value!r} ({mode.source}): expected one of auto, {', '.join(MODES)}")
+        raise SettingError(f"training_mode {mode.value!r} ({mode.source}): expected one of auto, {', '.join(MODES)}")
     if base_model != "auto":
         named = base_model in BASE_MODEL_NAMES + NOT_SUPPORTED
         value = base_model if named else str(resolve_path(base_model, root))

@@ -28,3 +28,7 @@ class DataError(UserError, ValueError):
 
 class MissingInputError(UserError, FileNotFoundError):
     """A dataset, model or folder that was named does not exist (or is not what it should be)."""
+
+
+class SettingError(UserError, ValueError):
+    """A setting (notebook parameter, flag, launch parameter) has a value it cannot take."""
