@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 
 KERNEL_NAME = "tts_lib"  # the kernelspec name the notebooks carry
+# Stripped besides outputs: JupyterLab rewrites language_info (with the Python version) on every save.
+STRIP_KEYS = "metadata.language_info"
 DISPLAY_NAME = "Python (tts_lib)"  # the same in every clone: JupyterLab writes it into a saved notebook
 
 
@@ -66,6 +68,7 @@ def install_git_filter(repo: Path) -> bool:
     if inside.returncode != 0:
         return False
     subprocess.run([sys.executable, "-m", "nbstripout", "--install"], cwd=repo, check=True)
+    subprocess.run(["git", "-C", str(repo), "config", "filter.nbstripout.extrakeys", STRIP_KEYS], check=True)
     return True
 
 
