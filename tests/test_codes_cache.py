@@ -53,7 +53,10 @@ def test_encodes_once_then_reads_the_cache(tmp_path, capsys):
     codes = [np.load(i.codes) for i in items]
     assert codes[0].shape == (2, 11) and codes[4].shape == (2, 20)  # ceil(0.5 s * 21.5), ceil(0.9 s * 21.5)
     assert len({c[0].sum() for c in codes}) == 5  # each clip got its own codes
-    assert "codes: 5/5 encoded" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "codes: 5/5 encoded" in said and "5 clips (0.00 h of audio) to encode on cpu" in said
+    assert "codes: about " in said and "at the first batch's rate" in said  # measured before the rest is encoded
+    assert said.index("at the first batch's rate") < said.index("codes: 5/5 encoded")
 
     again = [Item(**{**vars(i), "codes": None}) for i in items]
     second = extract_codes(again, spec(codec), tmp_path / "cache")
@@ -110,3 +113,11 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path):
     codec = FrameEnergyCodec()
     summary = extract_codes(fresh, spec(codec), tmp_path / "cache", batch_size=2)
     assert (summary.cached, summary.encoded, codec.calls) == (4, 2, 1)
+
+
+def test_the_estimate_scales_the_first_batch_to_all_the_audio():
+    from tts_lib.codes_cache import estimate_line
+
+    line = estimate_line(first_audio_s=60.0, first_s=2.0, total_audio_s=3600.0)  # 30 s of audio per second
+    assert "about 2.0 min" in line and "30.0 s of audio per second" in line
+    assert "no time estimate" in estimate_line(0.0, 1.0, 10.0)

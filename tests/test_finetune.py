@@ -276,3 +276,25 @@ def test_base_model_names_work_in_the_cli(world, tmp_path, monkeypatch):
     meta = read_metadata(tmp_path / "runs" / "t1")
     assert meta["base_model"]["folder"] == str(ROOT / "checkpoints" / "tiny-demo")
     assert meta["base_model"]["random_weights"] is True
+
+
+def test_codes_are_extracted_on_the_training_device(world, monkeypatch):
+    """With a GPU, the codec runs on it (not on the CPU while the rented GPU idles): the device reaches codec_spec."""
+    from tts_lib.finetune import plan_finetune
+    from tts_lib.models.fish_speech.family import FishSpeechFamily
+
+    asked = []
+    original = FishSpeechFamily.codec_spec
+
+    def recording(self, device="cpu"):
+        asked.append(str(device))
+        return original(self, "cpu")  # no GPU here: encode on the CPU, but record what was asked
+
+    monkeypatch.setattr(FishSpeechFamily, "codec_spec", recording)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    plan_finetune(config(world, "on-gpu", estimate_steps=0, gpu="A100-80GB", codes_cache=str(world["root"] / "c")))
+    assert asked == ["cuda"]
+    c = config(world, "on-cpu", estimate_steps=0, gpu="A100-80GB", codes_cache=str(world["root"] / "c"))
+    c.train.device = "cpu"  # an explicit training device wins
+    plan_finetune(c)
+    assert asked == ["cuda", "cpu"]

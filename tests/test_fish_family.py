@@ -76,3 +76,11 @@ def test_demo_audio_trains_saves_reloads_and_generates(tiny_dir, tmp_path):
     assert second.shape[0] == family.config.num_codebooks
     wave = reloaded.codec().decode(first)
     assert wave.shape == (first.shape[1] * 2048,) and torch.isfinite(wave).all()
+
+
+def test_the_codec_follows_the_device_asked_for(tiny_dir):
+    """Code extraction asks for the training device: a codec loaded earlier elsewhere moves there."""
+    family = load_family(tiny_dir)
+    loaded = family.codec("cpu")
+    spec = family.codec_spec("meta")  # a device this CPU machine has: the codec's weights go where they are asked
+    assert spec.device == "meta" and family.codec("meta") is loaded and loaded.device == torch.device("meta")

@@ -105,14 +105,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_extract_codes(args: argparse.Namespace) -> int:
-    import torch
     from tqdm.auto import tqdm
 
     from tts_lib.bundle import resolve_base_model
     from tts_lib.codes_cache import extract_codes
+    from tts_lib.env_check import pick_device
     from tts_lib.models import load_family
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = pick_device(args.device)
     items = read_manifest(args.manifest)
     family = load_family(resolve_base_model(args.model))
     with tqdm(total=len(items), desc="codes", unit="clip", disable=not sys.stderr.isatty()) as bar:

@@ -33,6 +33,7 @@ class CodecSpec:
     num_codebooks: int
     frame_rate: float  # frames per second, to check reused upstream files
     checkpoint_hash: str  # identifies the codec weights: part of every cache key
+    device: str = "cpu"  # where encode_batch runs, for the log
 
 
 @dataclass
@@ -103,6 +104,10 @@ def extract_codes(
     # Similar lengths together: a batch is padded to its longest clip inside the codec.
     todo.sort(key=lambda pair: pair[0].duration or 0.0)
     total = len(todo)
+    audio_s = sum(item.duration or 0.0 for item, _ in todo)
+    if total:
+        print(f"codes: {total} clips ({audio_s / 3600:.2f} h of audio) to encode on {spec.device}, "
+              f"{summary.cached} cached, {summary.reused_upstream} upstream .npy reused", flush=True)  # fmt: skip
     for first in range(0, total, batch_size):
         chunk = todo[first : first + batch_size]
         waves, ready = [], []
@@ -120,12 +125,23 @@ def extract_codes(
         if progress:
             progress(done, total)
         now = time.monotonic()
+        if first == 0 and done < total:  # measured, not assumed: the first batch's rate, over the rest of the audio
+            print(estimate_line(sum(item.duration or 0.0 for item, _ in chunk), now - start, audio_s), flush=True)
         if now - last_log >= log_every or done == total:
             rate = done / max(now - start, 1e-9)
             print(f"codes: {done}/{total} encoded ({rate:.1f} clips/s), {summary.cached} cached", flush=True)
             last_log = now
     summary.seconds = time.monotonic() - start
     return summary
+
+
+def estimate_line(first_audio_s: float, first_s: float, total_audio_s: float) -> str:
+    """How long encoding all of it will take, at the rate the first batch was encoded."""
+    if first_audio_s <= 0 or first_s <= 0:
+        return "codes: no time estimate (the first clips have no duration)"
+    seconds = first_s * total_audio_s / first_audio_s
+    return (f"codes: about {seconds / 60:.1f} min for all of it, at the first batch's rate "
+            f"({first_audio_s / first_s:.1f} s of audio per second)")  # fmt: skip
 
 
 def checkpoint_hash(path: str | Path) -> str:

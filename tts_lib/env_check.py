@@ -30,6 +30,14 @@ VRAM_NEEDS_GB = {"quick_lora": 12.0, "full": 24.0, "two_phase": 24.0}
 TINY_NEEDS_GB = 0.5
 DISK_NEEDS_GB = 20.0  # base model (about 3.5 GB with the codec), merged copies, checkpoints, package
 
+def pick_device(setting: str = "auto") -> torch.device:
+    """The device a setting names; "auto" is the GPU when there is one. Training, code extraction and listening
+    all use it, so a rented GPU never idles while the CPU encodes audio."""
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)
+
+
 def _ram_gb() -> float | None:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30

@@ -38,6 +38,7 @@ from tts_lib.bundle import is_random_demo, resolve_base_model
 from tts_lib.checkpoints import data_fingerprint
 from tts_lib.codes_cache import extract_codes
 from tts_lib.config_io import config_to_dict
+from tts_lib.env_check import pick_device
 from tts_lib.errors import DataError
 from tts_lib.fileio import atomic_write_json, default_cache_dir
 from tts_lib.forgetting import check_forgetting, format_forgetting
@@ -49,6 +50,7 @@ from tts_lib.prepare import prepare_dataset
 from tts_lib.sampler import LengthBucketedBatchSampler, frames_for_duration
 from tts_lib.train import choose_precision, load_samples, train
 from tts_lib.train_config import TrainConfig
+from tts_lib.train_log import progress_bar
 from tts_lib.validate import ValidationReport
 from tts_lib.validation_report import format_report
 
@@ -300,7 +302,9 @@ def prepare(config: FinetuneConfig, out: Path, start: parents.Start, family) -> 
         have = {i.id for i in items}
         items += [i for i in read_manifest(start.manifest) if i.split == "val" and i.id not in have]
     cache = Path(config.codes_cache) if config.codes_cache else default_cache_dir() / "codes"
-    extraction = extract_codes(items, family.codec_spec(), cache, log_every=30)
+    device = pick_device(config.train.device)  # the training device: a GPU encodes far faster than the CPU
+    with progress_bar("codes", "clip") as progress:
+        extraction = extract_codes(items, family.codec_spec(device), cache, log_every=30, progress=progress)
     if extraction.failed:
         raise DataError(f"{config.data}: could not encode {len(extraction.failed)} clips: {extraction.failed[:3]}")
     write_manifest(data.manifest, items)

@@ -11,7 +11,8 @@ import os
 import resource
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,27 @@ def detect_interactive() -> bool:
         return forced == "bar"
     # Without ipywidgets tqdm.auto's notebook bar is red stderr text under an "IProgress not found" warning.
     return "ipykernel" in sys.modules and importlib.util.find_spec("ipywidgets") is not None
+
+
+@contextmanager
+def progress_bar(desc: str, unit: str) -> Iterator[Callable[[int, int], None] | None]:
+    """A `progress(done, total)` callback drawing a tqdm bar when a person watches a notebook (detect_interactive),
+    else None: headless logs get the caller's plain lines instead."""
+    if not detect_interactive():
+        yield None
+        return
+    from tqdm.auto import tqdm
+
+    bar = tqdm(desc=desc, unit=unit, dynamic_ncols=True)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        yield update
+    finally:
+        bar.close()
 
 
 def peak_memory_mb() -> float:

@@ -46,6 +46,8 @@ class FishSpeechFamily:
     def codec(self, device: str | torch.device = "cpu") -> FishCodec:
         if self._codec is None:
             self._codec = FishCodec.from_pretrained(self.folder / CODEC_FILE, device=device)
+        elif self._codec.device != torch.device(device):  # loaded earlier for another device: moved, not reloaded
+            self._codec.to(device)
         return self._codec
 
     def codec_config(self) -> FishCodecConfig:
@@ -69,6 +71,7 @@ class FishSpeechFamily:
             num_codebooks=codec.num_codebooks,
             frame_rate=codec.sample_rate / codec.frame_length,
             checkpoint_hash=checkpoint_hash(self.folder / CODEC_FILE),
+            device=str(device),
         )
 
     def build_sample(self, text: str, codes: Tensor) -> Sample:
