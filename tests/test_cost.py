@@ -1,11 +1,26 @@
-"""Time and cost estimates: GPU name mapping, price table overrides, estimate arithmetic, formatting."""
+"""Time and cost estimates: GPU name mapping and detection, the `gpu` setting (the GPU to price the plan for:
+aliases, unknown GPUs by their TFLOPs), price table overrides, estimate arithmetic, formatting."""
 
+import json
+import re
 import time
+import types
+from pathlib import Path
 
 import pytest
 
 from tts_lib import cost
 from tts_lib.cost import GPU_TABLE, Throughput
+
+NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "finetune.ipynb"
+
+
+def fake_cuda(monkeypatch, name: str, gib: float) -> None:
+    """torch as it looks on a machine whose CUDA device 0 is `name`."""
+    props = types.SimpleNamespace(name=name, total_memory=int(gib * 2**30))
+    monkeypatch.setattr(cost.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(cost.torch.cuda, "get_device_name", lambda i=0: name)
+    monkeypatch.setattr(cost.torch.cuda, "get_device_properties", lambda i=0: props)
 
 
 @pytest.mark.parametrize(
@@ -17,6 +32,10 @@ from tts_lib.cost import GPU_TABLE, Throughput
         ("NVIDIA A100 80GB PCIe", 79.2, "A100-80GB"),
         ("NVIDIA A100-SXM4", 79.2, "A100-80GB"),
         ("NVIDIA H100 80GB HBM3", 79.1, "H100-80GB"),
+        ("NVIDIA H200", 139.8, "H200-141GB"),
+        ("NVIDIA H200 NVL", 139.8, "H200-141GB"),
+        ("NVIDIA B200", 178.4, "B200-180GB"),
+        ("NVIDIA GH200 480GB", 94.5, None),  # Grace-Hopper: not an H200
         ("NVIDIA L40S", 44.4, "L40S"),
         ("NVIDIA A10G", 22.0, "A10G"),
         ("NVIDIA L4", 22.0, "L4"),
@@ -35,8 +54,96 @@ def test_detect_gpu_is_none_without_cuda(monkeypatch):
     assert cost.detect_gpu(GPU_TABLE) is None
 
 
+def test_detect_machine_knows_an_h200_and_never_calls_a_gpu_the_cpu(monkeypatch):
+    fake_cuda(monkeypatch, "NVIDIA H200", 139.8)
+    machine = cost.detect_machine(GPU_TABLE)
+    assert machine == cost.Machine("NVIDIA H200", "H200-141GB") and cost.detect_gpu(GPU_TABLE) == "H200-141GB"
+    text = cost.format_estimate(cost.estimate_cost(3600, Throughput(1.0, 1.0, 5), machine.key, GPU_TABLE))
+    assert "measured on H200-141GB" in text and "CPU" not in text
+
+    fake_cuda(monkeypatch, "NVIDIA RTX PRO 6000 Blackwell Server Edition", 95.0)  # a GPU the table lacks
+    machine = cost.detect_machine(GPU_TABLE)
+    assert machine.key is None and machine.name == "NVIDIA RTX PRO 6000 Blackwell Server Edition"
+    est = cost.estimate_cost(3600, Throughput(1.0, 1.0, 5), None, GPU_TABLE, machine=machine.name)
+    text = cost.format_estimate(est)
+    assert "CPU" not in text and f"this machine ({machine.name}, not in the price table)" in text
+    assert est.rows[0].gpu == machine.name and est.rows[0].hours == pytest.approx(1.0) and est.rows[0].usd is None
+    assert f"add '{machine.name}: " in est.notes[0]
+
+
+def test_a_gpu_added_by_yaml_under_its_device_name_is_detected(monkeypatch, tmp_path):
+    path = tmp_path / "gpus.yaml"
+    path.write_text("RTX PRO 6000 Blackwell Server Edition: {usd_per_hour: 1.9, bf16_tflops: 500, memory_gb: 96}\n")
+    fake_cuda(monkeypatch, "NVIDIA RTX PRO 6000 Blackwell Server Edition", 95.0)
+    assert cost.detect_gpu(cost.load_gpu_table(path)) == "RTX PRO 6000 Blackwell Server Edition"
+
+
+@pytest.mark.parametrize(
+    "spec, key",
+    [
+        ("H100", "H100-80GB"),
+        ("h100", "H100-80GB"),
+        ("A100", "A100-80GB"),
+        ("A100 40GB", "A100-40GB"),
+        ("a100-80gb", "A100-80GB"),
+        ("H200", "H200-141GB"),
+        ("B200", "B200-180GB"),
+        ("NVIDIA A100-SXM4-40GB", "A100-40GB"),  # as torch and nvidia-smi name it
+        ("L4", "L4"),
+        ("L40S", "L40S"),
+    ],
+)
+def test_resolve_gpu_takes_keys_aliases_and_device_names(spec, key):
+    assert cost.resolve_gpu(spec, GPU_TABLE) == GPU_TABLE[key]
+
+
+def test_resolve_gpu_refuses_unknown_names_with_the_known_ones():
+    with pytest.raises(ValueError, match=r"gpu 'T4': not a GPU of the price table; known: .*H100-80GB.*NAME@TFLOPS"):
+        cost.resolve_gpu("T4", GPU_TABLE)
+    for bad in ("T4@", "T4@fast", "T4@-65", "@65"):
+        with pytest.raises(ValueError, match="expected NAME@TFLOPS"):
+            cost.resolve_gpu(bad, GPU_TABLE)
+    with pytest.raises(ValueError, match="H100-80GB is in the price table"):
+        cost.resolve_gpu("H100@2000", GPU_TABLE)
+    assert cost.resolve_gpu("T4@65", GPU_TABLE) == cost.GpuInfo("T4", None, 65.0, None)
+
+
+def test_the_notebooks_example_gpu_prices_the_plan_for_that_gpu():
+    """The notebook's `gpu` parameter documents an example ("H100"); it must name a GPU to price for."""
+    cells = ["".join(c["source"]) for c in json.loads(NOTEBOOK.read_text(encoding="utf-8"))["cells"]]
+    parameters = next(c for c in cells if "\ngpu: str = " in c)
+    example = re.search(r'^gpu: str = .*e\.g\. "([^"]+)"', parameters, re.M).group(1)
+    table = cost.load_gpu_table(None)
+    est = cost.estimate_cost(3_600_000, Throughput(1000.0, 0.5, 5), "A100-80GB", table, price_for=example)
+    key = cost.resolve_gpu(example, table).name
+    first, measured = est.rows[0], next(r for r in est.rows if r.gpu == "A100-80GB")
+    assert est.price_for == key and first.gpu == key and [r.gpu for r in est.rows].count(key) == 1
+    assert measured.basis == "measured" and measured.hours == pytest.approx(1.0)
+    ratio = table["A100-80GB"].bf16_tflops / table[key].bf16_tflops
+    assert first.hours == pytest.approx(ratio) and first.usd == pytest.approx(ratio * table[key].usd_per_hour)
+    assert cost.format_estimate(est).splitlines()[1] == f"priced for: {key} (the first row)"
+
+
+def test_priced_for_a_gpu_on_a_cpu_says_why_there_is_no_time():
+    est = cost.estimate_cost(7200, Throughput(2.0, 1.0, 5), None, GPU_TABLE, price_for="H100")
+    assert [r.gpu for r in est.rows] == ["H100-80GB", cost.CPU_ROW]
+    assert est.rows[0].hours is None and est.rows[0].usd is None and "CPU measurement" in est.rows[0].basis
+    assert est.rows[1].hours == pytest.approx(1.0) and "this machine (CPU)" in cost.format_estimate(est)
+
+
+def test_an_unknown_gpu_given_with_its_tflops_is_scaled_by_them_and_labelled():
+    est = cost.estimate_cost(3_600_000, Throughput(1000.0, 0.5, 5), "L4", GPU_TABLE, price_for="RTX-6000-Ada@242")
+    first = est.rows[0]
+    assert first.gpu == "RTX-6000-Ada" and first.hours == pytest.approx(121 / 242)
+    assert first.usd is None and first.usd_per_hour is None
+    assert first.basis == "scaled from L4 by spec TFLOPs (given: 242); not in the price table, so no price"
+    assert {r.gpu for r in est.rows[1:]} == set(GPU_TABLE)
+
+
 def test_default_table_has_the_spec_tflops():
     assert {k: g.bf16_tflops for k, g in GPU_TABLE.items()} == {
+        "B200-180GB": 2250.0,
+        "H200-141GB": 989.0,
         "H100-80GB": 989.0,
         "A100-80GB": 312.0,
         "A100-40GB": 312.0,
@@ -70,8 +177,10 @@ def test_yaml_table_rejects_unknown_fields_and_incomplete_new_gpus(tmp_path):
 
 
 def test_price_overrides_from_flags():
-    table = cost.parse_price_overrides(["A100-80GB=1.50", "L4=0.5"])
+    table = cost.parse_price_overrides(["A100-80GB=1.50", "L4=0.5", "H100=2.5"])
     assert table["A100-80GB"].usd_per_hour == 1.5 and table["L4"].usd_per_hour == 0.5
+    assert table["H100-80GB"].usd_per_hour == 2.5  # an alias names the same row
+    table = cost.parse_price_overrides(["A100-80GB=1.50"])
     assert table["H100-80GB"] == GPU_TABLE["H100-80GB"]
     for bad in ["A100-80GB", "A100-80GB=cheap", "A100-80GB=0", "T4=0.3"]:
         with pytest.raises(ValueError, match="price override"):

@@ -280,6 +280,7 @@ def test_base_model_names_work_in_the_cli(world, tmp_path, monkeypatch):
 
 def test_codes_are_extracted_on_the_training_device(world, monkeypatch):
     """With a GPU, the codec runs on it (not on the CPU while the rented GPU idles): the device reaches codec_spec."""
+    from tts_lib import cost
     from tts_lib.finetune import plan_finetune
     from tts_lib.models.fish_speech.family import FishSpeechFamily
 
@@ -292,9 +293,10 @@ def test_codes_are_extracted_on_the_training_device(world, monkeypatch):
 
     monkeypatch.setattr(FishSpeechFamily, "codec_spec", recording)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    plan_finetune(config(world, "on-gpu", estimate_steps=0, gpu="A100-80GB", codes_cache=str(world["root"] / "c")))
+    monkeypatch.setattr(cost, "detect_machine", lambda table: cost.Machine("NVIDIA H200", "H200-141GB"))
+    plan_finetune(config(world, "on-gpu", estimate_steps=0, codes_cache=str(world["root"] / "c")))
     assert asked == ["cuda"]
-    c = config(world, "on-cpu", estimate_steps=0, gpu="A100-80GB", codes_cache=str(world["root"] / "c"))
+    c = config(world, "on-cpu", estimate_steps=0, codes_cache=str(world["root"] / "c"))
     c.train.device = "cpu"  # an explicit training device wins
     plan_finetune(c)
     assert asked == ["cuda", "cpu"]

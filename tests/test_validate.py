@@ -3,9 +3,12 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from conftest import tone, write_audio
 
 from tts_lib.manifest import Item, Origin
+from tts_lib.models import load_family
+from tts_lib.models.fish_speech.tiny import make_tiny_checkpoint
 from tts_lib.models.fish_speech.tokenizer import FishTokenizer
 from tts_lib.validate import ValidationConfig, invalid_indices, validate_items, validate_path
 
@@ -212,3 +215,43 @@ def test_process_pool_gives_the_same_report(tmp_path):
     pooled = validate_items(items, ValidationConfig(workers=2))
     assert [vars(p) for p in pooled.problems] == [vars(p) for p in serial.problems]
     assert {p.code for p in pooled.problems} == {"duplicate_audio"}  # seeds repeat after 60
+
+
+@pytest.fixture(scope="module")
+def tiny_family(tmp_path_factory):
+    """tiny-demo: max_seq_len 1024, S1-mini's codec frame rate (about 21.5 frames per second)."""
+    return load_family(make_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "tiny-demo"))
+
+
+def frames_of_audio(path, frames, family, seed=0):
+    """A clip of exactly `frames` codec frames at the codec's own sample rate."""
+    codec = family.codec_config()
+    return write_audio(path, frames * codec.frame_length / codec.sample_rate, sr=codec.sample_rate, seed=seed)
+
+
+def test_an_item_too_long_for_the_model_is_an_error_naming_its_length(tmp_path, tiny_family):
+    text = "hyvää huomenta"
+    limit, num_codebooks = tiny_family.config.max_seq_len, tiny_family.config.num_codebooks
+    prefix = tiny_family.build_sample(text, torch.zeros(num_codebooks, 1, dtype=torch.long)).tokens.shape[1] - 1
+    fits = limit - prefix  # frames whose training sequence is exactly max_seq_len long
+    items = [
+        item(write_audio(tmp_path / "short.wav", 1.5, seed=1), text),
+        item(frames_of_audio(tmp_path / "fits.wav", fits, tiny_family, seed=2), text),
+        item(frames_of_audio(tmp_path / "over.wav", fits + 1, tiny_family, seed=3), text),
+    ]
+    report = validate_items(items, ValidationConfig(decode=False), family=tiny_family)
+    [problem] = [p for p in report.problems if p.code == "too_long_for_model"]
+    assert problem.severity == "error" and problem.item_id == "over" and problem.path == items[2].audio
+    assert f"is {limit + 1} tokens ({fits + 1} codec frames" in problem.message
+    assert f"more than the model's max_seq_len {limit}" in problem.message
+    assert invalid_indices(report.item_problems) == [2]  # --drop-invalid drops it, and only it
+    assert validate_items(items, ValidationConfig(decode=False)).errors == []  # without the model: not checked
+
+    # The limit is the model's real one: the sequence that fits runs, one frame more fails inside the model.
+    model = tiny_family.load_model().eval()
+    with torch.no_grad():
+        sample = tiny_family.build_sample(text, torch.zeros(num_codebooks, fits, dtype=torch.long))
+        model(sample.tokens[None])
+        sample = tiny_family.build_sample(text, torch.zeros(num_codebooks, fits + 1, dtype=torch.long))
+        with pytest.raises(RuntimeError):
+            model(sample.tokens[None])

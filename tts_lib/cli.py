@@ -67,6 +67,7 @@ def add_validation_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-decode", action="store_true", help="headers only: skip clipping/silence/duplicates")
     p.add_argument("--workers", type=int, default=0, help="decoding processes (0 = one per core)")
     p.add_argument("--tokenizer", help="checkpoint folder with tokenizer.tiktoken: report coverage per script")
+    p.add_argument("--base-model", help="also check every item fits this model's max_seq_len (name or folder)")
 
 
 def validation_config(args: argparse.Namespace) -> ValidationConfig:
@@ -85,6 +86,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
         from tts_lib.models.fish_speech.tokenizer import FishTokenizer
 
         encoder = FishTokenizer.from_dir(args.tokenizer)
+    family = None
+    if args.base_model:  # also: does every item fit this model's max_seq_len?
+        from tts_lib.bundle import resolve_base_model
+        from tts_lib.models import load_family
+
+        family = load_family(resolve_base_model(args.base_model))
     result = ingest(args.path, **ingest_options(args))
     report = validate_items(
         result.items,
@@ -93,6 +100,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         source=str(result.source),
         fmt=result.format,
         earlier_problems=result.problems,
+        family=family,
     )
     print(report_json(report) if args.json else format_report(report))
     if args.drop_invalid:
@@ -178,14 +186,19 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
     from tts_lib.bundle import resolve_base_model
     from tts_lib.export import export_adapter, merge_adapter_folder
 
     if args.adapter_only:
         print(f"adapter exported to {export_adapter(args.adapter, args.out, args.overwrite)}")
         return 0
-    report = merge_adapter_folder(resolve_base_model(args.base_model), args.adapter, args.out, args.overwrite)
-    print(f"merged model in {report.out} ({report.dtype}); verified: max |logit diff| {report.max_abs_diff:.2e}")
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    base = resolve_base_model(args.base_model)
+    report = merge_adapter_folder(base, args.adapter, args.out, args.overwrite, dtype=dtype)
+    print(f"merged model in {report.out} ({report.dtype}); verified: max |logit diff| {report.max_abs_diff:.2e} "
+          f"<= {report.tolerance:.2e}, the adapter's effect {report.adapter_effect:.2e}")
     return 0
 
 
@@ -283,7 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-every", type=int)
     p.add_argument("--max-tokens", type=int, help="codec frames per micro-batch")
     p.add_argument("--seed", type=int)
-    p.add_argument("--gpu", help="price-table row for the cost estimate, e.g. A100-80GB (default: detected)")
+    p.add_argument("--gpu", help="the GPU to price the plan for, e.g. H100, A100-40GB, or NAME@TFLOPS for one not "
+                   "in the table (default: the GPU this runs on)")
     p.add_argument("--no-package", action="store_true", help="skip the .tar.gz")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other setting, e.g. train.grad_accum=2")
     p.set_defaults(func=cmd_finetune)
@@ -293,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", required=True, help="adapter folder (adapter_config.json, tts_adapter.json)")
     p.add_argument("--out", required=True, help="folder to write; an existing one is refused without --overwrite")
     p.add_argument("--adapter-only", action="store_true", help="copy the adapter (peft format) instead of merging")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                   help="weights of the merged model (default: the base's); float32 keeps adapters too small for bf16")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_export)
 

@@ -76,7 +76,7 @@ class FinetuneConfig:
     adapter: AdapterConfig = field(default_factory=AdapterConfig)  # rank, alpha, targets, DoRA
     train: TrainConfig = field(default_factory=TrainConfig)  # engine settings; paths and steps are set per phase
     codes_cache: str | None = None  # where encoded audio is cached; None = $TTS_LIB_CACHE/codes (shared by runs)
-    gpu: str | None = None  # price-table row for the cost; None = detected (CPU: no price)
+    gpu: str | None = None  # the GPU to price the plan for: H100, A100-40GB, NAME@TFLOPS; None = the GPU this runs on
     gpu_prices: str | None = None  # YAML file that overrides the built-in $/hour table
     estimate_steps: int = 3  # timed warm-up steps for the estimate; 0 = no estimate
     package: bool = True  # write <version>.tar.gz with the merged model, adapter and model card
@@ -161,10 +161,13 @@ def plan_finetune(config: FinetuneConfig, out_setting: str = "--out") -> Plan:
     speaker_data = speaker_manifest(config, out, items, frames, budget) if config.mode == "two_phase" else None
 
     table = cost.load_gpu_table(config.gpu_prices)
-    gpu = config.gpu or cost.detect_gpu(table)
+    if config.gpu:
+        cost.resolve_gpu(config.gpu, table)  # a misspelt GPU fails here, before the timed steps
+    machine = cost.detect_machine(table)
+    gpu = machine.key  # the actual cost is this machine's, whatever the plan is priced for
     planned = steps + (speaker_data[1] if speaker_data else 0)  # phase two priced at phase one's rate: an upper bound
     scratch = parents.recommended_steps(total_frames, budget, epochs, MIN_STEPS["fresh"]) if start.parent else None
-    estimate, text = estimate_run(config, out, start, train_items, planned, scratch, table, gpu)
+    estimate, text = estimate_run(config, out, start, train_items, planned, scratch, table, machine)
     return Plan(config, out, run["number"], base, identity, start, report, items, new, steps, lr, lora_lr,
                 speaker_data, gpu, table, estimate, text, out_setting)  # fmt: skip
 
@@ -235,7 +238,8 @@ def run_plan(plan: Plan, on_metrics=None) -> dict:
         "hyperparameters": {"lr": lora_lr if config.mode == "quick_lora" else lr, "full_lr": lr, "lora_lr": lora_lr,
                             **config_to_dict(config.adapter), "max_tokens": config.train.max_tokens},
         "forgetting": forgetting, "wall_time_s": wall, "created_at": lineage.utc_now(), "outputs": outputs,
-        "cost": {"gpu": plan.gpu, "estimated_usd": estimate.get("usd"), "estimated_hours": estimate.get("hours"),
+        "cost": {"gpu": plan.gpu, "priced_for": estimate.get("price_for"),
+                 "estimated_usd": estimate.get("usd"), "estimated_hours": estimate.get("hours"),
                  "actual_usd": actual["usd"], "actual_hours": actual["hours"]},
     }  # fmt: skip
     lineage.write_metadata(out, meta)
@@ -288,13 +292,14 @@ def lock_run(plan: Plan) -> None:
 
 def prepare(config: FinetuneConfig, out: Path, start: parents.Start, family) -> tuple[ValidationReport, list[Item]]:
     """Ingest, split (sticky, parent's splits kept), validate, add the parent's held-out items, encode."""
-    data = prepare_dataset(config.data, out / "data", parent_manifest=start.manifest)
+    data = prepare_dataset(config.data, out / "data", parent_manifest=start.manifest, family=family)
     if data.report.errors:
         print(format_report(data.report, max_per_code=5))
         clean = out.parent / f"{out.name}-clean.jsonl"
         raise DataError(
             f"{config.data}: the dataset has {len(data.report.errors)} errors (listed above). Fix them, or train "
-            f"without the bad items: python -m tts_lib validate {config.data} --drop-invalid {clean} writes a "
+            f"without the bad items: python -m tts_lib validate {config.data} --base-model {family.folder} "
+            f"--drop-invalid {clean} writes a "
             f"manifest without them (and lists each dropped item and why); then use {clean} as the dataset"
         )
     items = data.report.items
@@ -350,7 +355,7 @@ def speaker_manifest(config: FinetuneConfig, out: Path, items: list[Item], frame
     return path, steps
 
 
-def estimate_run(config, out, start, train_items, steps, scratch, table, gpu) -> tuple[dict, str]:
+def estimate_run(config, out, start, train_items, steps, scratch, table, machine) -> tuple[dict, str]:
     """Time a few real training steps (forward + backward) and price the planned tokens."""
     path = out / "estimate.json"
     settings = config_to_dict(config)
@@ -363,11 +368,13 @@ def estimate_run(config, out, start, train_items, steps, scratch, table, gpu) ->
     throughput, tokens_per_step = time_training_steps(config, start.weights, lora, train_items, config.estimate_steps)
     planned = int(steps * tokens_per_step)
     scratch_tokens = int(scratch * tokens_per_step) if scratch else None
-    estimate = cost.estimate_cost(planned, throughput, gpu, table, scratch_tokens)
+    estimate = cost.estimate_cost(planned, throughput, machine.key, table, scratch_tokens, price_for=config.gpu,
+                                  machine=machine.name)
     text = cost.format_estimate(estimate)
     first = estimate.rows[0] if estimate.rows else None
-    saved = {**estimate.to_json(), "hours": estimate.hours, "usd": first.usd if first else None, "text": text,
-             "config": settings}  # fmt: skip
+    # the first row is the GPU the plan is priced for (or this machine): its hours and dollars go into the metadata
+    saved = {**estimate.to_json(), "hours": first.hours if first else None, "usd": first.usd if first else None,
+             "text": text, "config": settings}  # fmt: skip
     atomic_write_json(path, saved)
     return saved, text
 

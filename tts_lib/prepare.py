@@ -13,6 +13,7 @@ from pathlib import Path
 from tts_lib.fileio import atomic_write_json
 from tts_lib.ingest import ingest
 from tts_lib.manifest import read_manifest, write_manifest
+from tts_lib.models import ModelFamily
 from tts_lib.split import SplitConfig, SplitSummary, assign_splits
 from tts_lib.text_coverage import Encoder
 from tts_lib.validate import ValidationConfig, ValidationReport, validate_items
@@ -32,12 +33,14 @@ def prepare_dataset(
     split: SplitConfig | None = None,
     encoder: Encoder | None = None,
     parent_manifest: str | Path | None = None,
+    family: ModelFamily | None = None,
     **ingest_options,
 ) -> PreparedData:
     """Ingest, split and validate `source` into `out_dir/manifest.jsonl` + `validation.json`.
 
     Splits are sticky: items keep the split they had in `out_dir`'s earlier manifest, or else in
-    `parent_manifest` (an earlier version's), so what was held out stays held out."""
+    `parent_manifest` (an earlier version's), so what was held out stays held out. With the model
+    `family`, items whose training sequence is longer than the model takes are errors."""
     out_dir = Path(out_dir)
     manifest = out_dir / "manifest.jsonl"
     result = ingest(source, **ingest_options)
@@ -53,6 +56,7 @@ def prepare_dataset(
         source=str(result.source),
         fmt=result.format,
         earlier_problems=result.problems,
+        family=family,
     )
     write_manifest(manifest, result.items)
     atomic_write_json(out_dir / "validation.json", report.to_json())

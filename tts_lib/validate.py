@@ -4,8 +4,11 @@
 
 Errors mean an item cannot be trained on; warnings are worth a look. Audio headers are read for
 every item and the samples are decoded once (in a process pool) for the content checks: clipping,
-near-silence and duplicate audio. A problem about an item carries the item's origin (the table
-file and line it was read from), because that row is where the user fixes it.
+near-silence and duplicate audio. Given the model family, every item's training sequence (text,
+special tokens and codec frames, as the family builds it) is checked against the model's
+max_seq_len, so a clip too long for the model is a finding here, not a shape error mid-training.
+A problem about an item carries the item's origin (the table file and line it was read from),
+because that row is where the user fixes it.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import hashlib
 import math
 import os
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 
@@ -22,6 +26,7 @@ import numpy as np
 from tts_lib.audio import AudioError, audio_info, read_audio
 from tts_lib.ingest import ingest
 from tts_lib.manifest import Item, Problem
+from tts_lib.models import ModelFamily
 from tts_lib.text_coverage import Encoder, coverage_by_script
 
 DURATION_BUCKETS = (0.0, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0)  # histogram edges, seconds
@@ -109,6 +114,37 @@ def probe_audio(path: str, config: ValidationConfig) -> AudioProbe:
     return probe
 
 
+@dataclass(frozen=True)
+class SequenceLimit:
+    """How long a model's training sequences may be, and how long an item's is."""
+
+    max_len: int  # the model's max_seq_len: its position table ends there
+    frames: Callable[[float], int]  # seconds of audio -> codec frames
+    length: Callable[[str, int], int]  # (transcript, codec frames) -> positions of the training sequence
+
+
+def sequence_limit(family: ModelFamily) -> SequenceLimit:
+    """The limit of a model family: its max_seq_len, its codec's frame length, and its own build_sample
+    for the sequence, so the count is the one training will see. (Beyond the ModelFamily protocol this
+    reads `config.max_seq_len`, `config.num_codebooks` and `codec_config()`, as Fish Speech has them.)"""
+    import torch  # here, not at the top: `validate` without a model stays light
+
+    codec = family.codec_config()
+    num_codebooks = family.config.num_codebooks
+
+    def frames(seconds: float) -> int:
+        # As the codec counts them: ceil(samples / frame_length) at its sample rate; the epsilon keeps a
+        # whole number of samples (seconds = samples / rate in floating point) from rounding up.
+        samples = math.ceil(seconds * codec.sample_rate - 1e-6)
+        return max(1, -(-samples // codec.frame_length))
+
+    def length(text: str, num_frames: int) -> int:
+        codes = torch.zeros(num_codebooks, num_frames, dtype=torch.long)
+        return int(family.build_sample(text, codes).tokens.shape[1])
+
+    return SequenceLimit(family.config.max_seq_len, frames, length)
+
+
 def _probe_star(args: tuple[str, ValidationConfig]) -> AudioProbe:
     return probe_audio(*args)
 
@@ -127,9 +163,10 @@ def located(item: Item) -> str:
 
 
 def check_items(
-    items: list[Item], config: ValidationConfig, encoder: Encoder | None = None
+    items: list[Item], config: ValidationConfig, encoder: Encoder | None = None, limit: SequenceLimit | None = None
 ) -> tuple[list[Problem], list[AudioProbe], list[list[Problem]]]:
-    """Every per-item and cross-item check. Fills duration/sample_rate/channels from the audio.
+    """Every per-item and cross-item check. Fills duration/sample_rate/channels from the audio; with a
+    `limit`, also checks each item's training sequence against the model's max_seq_len.
 
     Returns all problems, the audio probes, and the problems of each item (same order as items).
     """
@@ -174,6 +211,18 @@ def check_items(
             )
         if probe.duration > config.max_duration:
             add("warning", "too_long", item, f"{probe.duration:.1f} s is longer than {config.max_duration} s")
+        if limit is not None:
+            frames = limit.frames(probe.duration)
+            positions = limit.length(item.text, frames)
+            if positions > limit.max_len:
+                add(
+                    "error",
+                    "too_long_for_model",
+                    item,
+                    f"its training sequence is {positions} tokens ({frames} codec frames for {probe.duration:.1f} s "
+                    f"of audio, {positions - frames} text and special tokens), more than the model's max_seq_len "
+                    f"{limit.max_len}: training would stop with a shape error. Split the clip, or leave the item out",
+                )
         if probe.sample_rate < config.sample_rate:
             add(
                 "warning",
@@ -269,10 +318,13 @@ def validate_items(
     source: str = "",
     fmt: str = "manifest",
     earlier_problems: list[Problem] | None = None,
+    family: ModelFamily | None = None,
 ) -> ValidationReport:
-    """Run every check on `items`; `earlier_problems` (from ingest) are reported first."""
+    """Run every check on `items`; `earlier_problems` (from ingest) are reported first. With the model
+    `family` (tts_lib.models.load_family), items too long for the model are errors (too_long_for_model)."""
     config = config or ValidationConfig()
-    problems, probes, per_item = check_items(items, config, encoder)
+    limit = sequence_limit(family) if family is not None else None
+    problems, probes, per_item = check_items(items, config, encoder, limit)
     earlier = earlier_problems or []
     # Ingest already named the file and line of bad UTF-8; keep its message, not a second one.
     seen = {(p.code, p.item_id) for p in earlier if p.item_id}
@@ -287,9 +339,10 @@ def validate_path(
     path: str | os.PathLike,
     config: ValidationConfig | None = None,
     encoder: Encoder | None = None,
+    family: ModelFamily | None = None,
     **ingest_options,
 ) -> ValidationReport:
-    """Ingest `path` in any supported format, then validate it."""
+    """Ingest `path` in any supported format, then validate it (against the model `family`, when given)."""
     result = ingest(path, **ingest_options)
     return validate_items(
         result.items,
@@ -298,4 +351,5 @@ def validate_path(
         source=str(result.source),
         fmt=result.format,
         earlier_problems=result.problems,
+        family=family,
     )
