@@ -79,6 +79,35 @@ def test_saved_outputs_never_reach_a_commit(tmp_path):
     assert git(repo, "status", "--porcelain") == ""  # the working copy, outputs and all, reads as unchanged
 
 
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_a_notebook_saved_with_outputs_does_not_stop_a_pull(tmp_path):
+    upstream, clone = tmp_path / "upstream", tmp_path / "clone"
+    (upstream / "notebooks").mkdir(parents=True)
+    shutil.copy(ROOT / "notebooks" / "finetune.ipynb", upstream / "notebooks")
+    git(upstream, "init", "-q")
+    git(upstream, "config", "user.email", "t@example.com")
+    git(upstream, "config", "user.name", "t")
+    git(upstream, "add", ".")
+    git(upstream, "commit", "-q", "-m", "first")
+    subprocess.run(["git", "clone", "-q", str(upstream), str(clone)], check=True)
+    git(clone, "config", "user.email", "t@example.com")
+    git(clone, "config", "user.name", "t")
+    assert install_git_filter(clone)
+    saved = json.loads((clone / "notebooks" / "finetune.ipynb").read_text())  # Run All, then Save
+    next(c for c in saved["cells"] if c["cell_type"] == "code")["outputs"] = [
+        {"output_type": "stream", "name": "stdout", "text": "step 100/100\n" * 500}]  # fmt: skip
+    (clone / "notebooks" / "finetune.ipynb").write_text(json.dumps(saved))
+    changed = json.loads((upstream / "notebooks" / "finetune.ipynb").read_text())  # a new release of the notebook
+    changed["cells"][0]["source"] = ["# The new notebook\n"]
+    (upstream / "notebooks" / "finetune.ipynb").write_text(json.dumps(changed, indent=1) + "\n")
+    git(upstream, "commit", "-q", "-am", "new notebook")
+    pull = subprocess.run(["git", "-C", str(clone), "pull", "-q", "--no-rebase"], capture_output=True, text=True)
+    assert pull.returncode == 0, pull.stderr
+    assert json.loads((clone / "notebooks" / "finetune.ipynb").read_text())["cells"][0]["source"] == changed[
+        "cells"][0]["source"]  # fmt: skip
+    assert git(clone, "status", "--porcelain") == "" and git(clone, "stash", "list") == ""
+
+
 def test_a_folder_outside_git_gets_no_filter(tmp_path):
     assert install_git_filter(tmp_path) is False
 

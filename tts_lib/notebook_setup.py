@@ -10,7 +10,8 @@ Two things a person needs before opening `notebooks/finetune.ipynb` in their own
    another environment); an existing user kernel of that name that runs another Python is replaced, and
    this says so (`--name` keeps both, then pick the kernel in JupyterLab's Kernel menu).
 2. A git filter (nbstripout) for `*.ipynb` in this clone, so that saving a notebook after Run All never puts
-   its outputs (audio, plots, logs) into a commit, and `git pull` does not conflict with them.
+   its outputs (audio, plots, logs) into a commit, and autostash for `git pull`, so that a notebook saved with
+   outputs does not stop a pull (the new notebook arrives; the outputs stay in the run folders).
 """
 
 from __future__ import annotations
@@ -69,6 +70,11 @@ def install_git_filter(repo: Path) -> bool:
         return False
     subprocess.run([sys.executable, "-m", "nbstripout", "--install"], cwd=repo, check=True)
     subprocess.run(["git", "-C", str(repo), "config", "filter.nbstripout.extrakeys", STRIP_KEYS], check=True)
+    # A saved notebook differs from the commit in size, so git calls it modified (without running the filter) and
+    # `git pull` refuses to touch it. Stashing around a pull lets the pull through: the stash holds the filtered
+    # notebook, which has no changes, so the new notebook arrives (the outputs stay in the run folders).
+    for key in ("merge.autoStash", "rebase.autoStash"):
+        subprocess.run(["git", "-C", str(repo), "config", key, "true"], check=True)
     return True
 
 
