@@ -2,11 +2,15 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
+from tts_lib.models.fish_speech import loss as loss_module
 from tts_lib.models.fish_speech.config import FishSpeechConfig
 from tts_lib.models.fish_speech.lm import FishSpeechLM
 from tts_lib.models.fish_speech.loss import loss_parts
-from tts_lib.models.fish_speech.samples import build_sample, collate
+from tts_lib.models.fish_speech.samples import IGNORE, build_sample, collate
 from tts_lib.models.fish_speech.tokenizer import FishTokenizer
 
 NC, CB = 4, 32
@@ -72,3 +76,70 @@ def test_a_few_steps_on_one_batch_learn_it(tok):
         optimizer.step()
     assert loss.item() < 0.3 * first[0]
     assert parts.top1 > max(first[1], parts.semantic_count // 2)
+
+
+def whole_logits_parts(model, batch):
+    """The loss written the plain way, as before chunking: whole logits, boolean masks."""
+    logits, hidden = model(batch["tokens"])
+    labels = batch["labels"]
+    supervised = labels != IGNORE
+    slow = F.cross_entropy(logits[supervised].float(), labels[supervised], reduction="sum")
+    is_frame = (labels >= model.semantic_begin_id) & (labels <= model.semantic_end_id)
+    codes = batch["codes"].transpose(1, 2)[is_frame]
+    fast_logits = model.fast_logits(hidden[is_frame], codes).float()
+    fast = F.cross_entropy(fast_logits.flatten(0, 1), codes.flatten(), reduction="sum")
+    hit = logits[is_frame].float().topk(5, dim=-1).indices == labels[is_frame][:, None]
+    return slow, fast, int(hit[:, 0].sum()), int(hit.any(-1).sum())
+
+
+def gradients(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_chunked_heads_give_the_whole_logits_loss_and_gradients(tok, monkeypatch):
+    # 640 logits per chunk: one slow row (vocab 1024) and 5 frames of the fast head (4 x 32) at a time,
+    # so both heads run in several chunks, the last one partial
+    monkeypatch.setattr(loss_module, "CHUNK_ELEMENTS", 640)
+    model = tiny_model(tok)
+    batch = collate(samples(tok))
+    slow, fast, top1, top5 = whole_logits_parts(model, batch)
+    (slow / 21 + fast / 76).backward()
+    expected = gradients(model)
+    model.zero_grad(set_to_none=True)
+
+    parts = loss_parts(model, batch)
+    parts.loss().backward()
+    assert parts.slow_sum.item() == pytest.approx(slow.item(), rel=1e-6)
+    assert parts.fast_sum.item() == pytest.approx(fast.item(), rel=1e-6)
+    assert (parts.top1, parts.top5) == (top1, top5)
+    found = gradients(model)
+    assert found.keys() == expected.keys()
+    for name, grad in expected.items():
+        torch.testing.assert_close(found[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+class LargestLogits(TorchDispatchMode):
+    """Rows of the largest new tensor (not a view of an input, such as the head's weight transposed)
+    an op makes whose last dimension is `width`."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.width, self.rows = width, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.ndim and t.shape[-1] == self.width:
+                if t.untyped_storage().data_ptr() not in inputs:
+                    self.rows = max(self.rows, t.numel() // self.width)
+        return out
+
+
+def test_the_whole_vocabulary_logits_never_exist(tok, monkeypatch):
+    monkeypatch.setattr(loss_module, "CHUNK_ELEMENTS", 4 * 1024)  # 4 slow rows per chunk
+    model = tiny_model(tok)
+    with LargestLogits(1024) as largest:
+        parts = loss_parts(model, collate(samples(tok)))
+        parts.loss().backward()
+    assert parts.slow_count == 21 and largest.rows == 4  # forward, recomputation and gradients alike

@@ -235,6 +235,12 @@ def cmd_make_tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_memory_plan(args: argparse.Namespace) -> int:
+    from tts_lib import memory_plan  # imports torch: only when asked
+
+    return memory_plan.run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tts_lib", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -342,6 +348,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--project", **project)
 
     notebook_setup.add_parser(sub)
+
+    p = sub.add_parser("memory-plan", help="GPU memory of a fine-tune, traced at S1-mini's shape (no GPU needed)")
+    p.add_argument("--mode", required=True, choices=["quick_lora", "full", "two_phase"])
+    p.add_argument("--max-tokens", type=int, default=4096, help="padded positions per micro-batch (default 4096)")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute each layer in backward")
+    p.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default="bf16")
+    p.add_argument("--free-gib", type=float, help="also print the largest max_tokens that fits this much memory")
+    p.set_defaults(func=cmd_memory_plan)
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
     p = bench.add_parser("padding", help="padding efficiency of bucketed vs random batches")

@@ -153,18 +153,20 @@ class FishSpeechLM(nn.Module):
         x = self.norm(hidden)
         return F.linear(x, self.embeddings.weight) if self.config.tie_word_embeddings else self.output(x)
 
-    def forward(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, tokens: Tensor, head: bool = True) -> tuple[Tensor | None, Tensor]:
         """tokens (B, 1 + num_codebooks, T) -> (logits (B, T, vocab), hidden (B, T, dim)).
 
         `hidden` is the last slow layer's output before the final norm: what the fast transformer
         reads (after `fast_project_in`). Logits stay in the compute dtype; upcast for the loss.
-        Right-padded batches need no padding mask: causal attention keeps every real position from
-        seeing the padding after it, and padded positions' outputs are simply not scored."""
+        `head=False` returns None for the logits: the loss applies `_slow_head` in chunks itself, so
+        the whole (B, T, vocab) tensor never exists. Right-padded batches need no padding mask: causal
+        attention keeps every real position from seeing the padding after it, and padded positions'
+        outputs are simply not scored."""
         x = self.embed(tokens)
         rope = self.rope[: tokens.shape[-1]]
         for layer in self.layers:
             x = self._run(layer, x, rope)
-        return self._slow_head(x), x
+        return (self._slow_head(x) if head else None), x
 
     def slow_logits(self, tokens: Tensor) -> Tensor:
         """(B, 1 + num_codebooks, T) -> float32 (B, T, vocab)."""
@@ -177,21 +179,25 @@ class FishSpeechLM(nn.Module):
 
     # ---- fast transformer -------------------------------------------------------------------
 
-    def fast_logits(self, hidden: Tensor, codes: Tensor) -> Tensor:
+    def fast_logits(self, hidden: Tensor, codes: Tensor, head: bool = True) -> Tensor:
         """Teacher-forced fast transformer for N frames -> (N, num_codebooks, codebook_size).
 
         hidden (N, dim): the slow `hidden` at the position whose next token is the frame (the position
         just before the frame's semantic token); codes (N, num_codebooks): the frame's codes. Input
         position 0 is the projected hidden state, position k the embedding of codes[:, k - 1]; output
-        k predicts codes[:, k]."""
+        k predicts codes[:, k]. `head=False` returns the last layer's output (N, num_codebooks, fast_dim)
+        instead, for a loss that applies `_fast_head` in chunks."""
         if hidden.shape[0] > FAST_CHUNK:
             parts = zip(hidden.split(FAST_CHUNK), codes.split(FAST_CHUNK))
-            return torch.cat([self.fast_logits(h, c) for h, c in parts])
+            return torch.cat([self.fast_logits(h, c, head) for h, c in parts])
         first = self.fast_project_in(hidden)[:, None]  # (N, 1, fast_dim)
         previous = self.fast_embeddings(codes[:, :-1].long())  # (N, nc - 1, fast_dim)
         x = torch.cat([first, previous.to(first.dtype)], dim=1)  # (N, nc, fast_dim)
         for layer in self.fast_layers:
             x = self._run(layer, x, self.fast_rope)
+        return self._fast_head(x) if head else x
+
+    def _fast_head(self, x: Tensor) -> Tensor:
         return self.fast_output(self.fast_norm(x))
 
     # ---- incremental decoding (generation) --------------------------------------------------
