@@ -1,5 +1,6 @@
 """LoRA/DoRA through peft on tiny-demo: the base is untouched, presets adapt what they say, the
-trainer saves adapters only, resumes them exactly, and refuses adapters that do not fit."""
+trainer saves adapters only, resumes them exactly, and refuses adapters that do not fit; under bf16
+the frozen base is bf16 and every trainable weight fp32; train_embeddings trains the text table only."""
 
 import json
 
@@ -15,9 +16,10 @@ from tts_lib.adapters import (
     load_adapted,
     merge,
 )
+from tts_lib.checkpoints import load_checkpoint
 from tts_lib.models import load_family
 from tts_lib.optim import OptimConfig, param_groups
-from tts_lib.train import train
+from tts_lib.train import build_model, train
 from tts_lib.train_config import TrainConfig
 
 
@@ -83,10 +85,44 @@ def test_train_embeddings_gets_its_own_learning_rate(prepared):
         AdapterConfig(train_embeddings=True, targets="upstream")
 
 
+def test_train_embeddings_trains_the_text_embeddings_and_no_other_table(prepared, tmp_path):
+    model = add_adapters(load_family(prepared[0]).load_model(), AdapterConfig(train_embeddings=True))
+    full = [n for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n]
+    assert full == ["base_model.model.embeddings.modules_to_save.default.weight"]  # not codebook_/fast_embeddings
+
+    adapter = AdapterConfig(train_embeddings=True, lora_dropout=0.0)
+    final = train(lora_config(prepared, tmp_path / "run", adapter=adapter, max_steps=2, val_every=0)).final_model
+    saved = [k for k in load_file(str(final / "adapter_model.safetensors")) if "lora_" not in k]
+    assert saved == ["base_model.model.embeddings.weight"]  # the export carries the text table only
+
+
+def test_under_bf16_the_frozen_base_is_bf16_and_what_trains_is_fp32(prepared, tmp_path):
+    family = load_family(prepared[0])
+    adapter = AdapterConfig(train_embeddings=True)
+    model = build_model(family, lora_config(prepared, tmp_path, adapter=adapter), torch.device("cpu"), torch.bfloat16)
+    frozen = {p.dtype for p in model.parameters() if not p.requires_grad}
+    trainable = {p.dtype for p in model.parameters() if p.requires_grad}
+    assert frozen == {torch.bfloat16} and trainable == {torch.float32}  # the copied text embeddings too
+    full_config = lora_config(prepared, tmp_path)
+    full_config.adapter = None
+    full = build_model(family, full_config, torch.device("cpu"), torch.bfloat16)
+    assert {p.dtype for p in full.parameters()} == {torch.float32}  # a full fine-tune's weights all train: fp32
+    fp32 = build_model(family, lora_config(prepared, tmp_path), torch.device("cpu"), None)
+    assert {p.dtype for p in fp32.parameters()} == {torch.float32}  # no autocast: nothing would compute in bf16
+
+    # The loop runs on it: bf16 autocast over the bf16 base, fp32 adapter and EMA.
+    run = train(lora_config(prepared, tmp_path / "bf16", max_steps=2, val_every=2, precision="bf16"))
+    weights = load_file(str(run.final_model / "adapter_model.safetensors"))
+    assert {w.dtype for w in weights.values()} == {torch.float32}
+    assert any(w.abs().sum() > 0 for k, w in weights.items() if "lora_B" in k)  # it trained
+
+
 def test_lora_run_saves_adapters_only_and_resumes_exactly(prepared, tmp_path):
     straight = train(lora_config(prepared, tmp_path / "a"))
     weights = load_file(str(tmp_path / "a" / "checkpoints" / "step_00000006" / "trainable.safetensors"))
     assert weights and all("lora_" in k for k in weights)  # adapters only, no base weights
+    ema = load_checkpoint(tmp_path / "a" / "checkpoints" / "step_00000006")["ema"]["shadow"]
+    assert ema.keys() == weights.keys()  # the EMA averages the adapter only
     assert (straight.final_model / "adapter_model.safetensors").is_file()
     sidecar = json.loads((straight.final_model / SIDECAR).read_text())
     assert sidecar["base_model"] == load_family(prepared[0]).identity()

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from tts_lib import checkpoints as ck
+from tts_lib import fileio
 from tts_lib.ema import EMA
 from tts_lib.sampler import LengthBucketedBatchSampler
 
@@ -171,22 +172,57 @@ def test_resave_same_step_replaces_folder(tmp_path):
     assert [p.name for p in ck.complete_step_folders(tmp_path)] == ["step_00000005"]
 
 
-def test_keep_last_protects_best_and_best_json(tmp_path):
+def test_keep_last_keeps_the_newest_and_removes_leftovers(tmp_path):
     for step in (1, 2, 3, 4, 5):
         save_simple(tmp_path, step)
-    ck.mark_best(tmp_path, 2, 0.5)
-    info = json.loads((tmp_path / "checkpoints" / "best.json").read_text())
-    assert info == {"folder": "step_00000002", "step": 2, "metric": "val_semantic_loss", "value": 0.5}
-    assert ck.best_info(tmp_path) == info
-    best = ck.best_checkpoint(tmp_path)
-    assert best == tmp_path / "checkpoints" / "step_00000002"
-
-    (tmp_path / "checkpoints" / ".tmp-step_00000006.abc").mkdir()
-    removed = ck.keep_last(tmp_path, 2, protect={best.name})
+    (tmp_path / "checkpoints" / ".tmp-step_00000006.abc").mkdir()  # a killed save
+    ck.save_checkpoint(tmp_path, 2, {ck.MODEL: {"w": torch.zeros(2)}})  # resumed from 2: latest, though not newest
+    removed = ck.keep_last(tmp_path, 2)
     assert sorted(p.name for p in removed) == [".tmp-step_00000006.abc", "step_00000001", "step_00000003"]
     assert [p.name for p in ck.complete_step_folders(tmp_path)] == ["step_00000002", "step_00000004", "step_00000005"]
-    with pytest.raises(FileNotFoundError):
-        ck.mark_best(tmp_path, 3, 0.1)
+
+
+def test_best_weights_are_one_weights_only_file_replaced_atomically(tmp_path, monkeypatch):
+    assert ck.best_info(tmp_path) is None and ck.load_best(tmp_path) is None
+    first = {"w": torch.arange(3, dtype=torch.float32)}
+    path = ck.save_best(tmp_path, 4, first, 0.1 + 0.2, "val_codebook_loss")
+    assert path == tmp_path / "checkpoints" / "best.safetensors"
+    assert ck.best_info(tmp_path) == {"step": 4, "metric": "val_codebook_loss", "value": 0.1 + 0.2}  # every bit
+    assert ck.load_best(tmp_path).keys() == {"w"} and torch.equal(ck.load_best(tmp_path)["w"], first["w"])
+
+    def half_written(f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    real_write_with = fileio.atomic_write_with
+    monkeypatch.setattr(fileio, "atomic_write_with", lambda path, write: real_write_with(path, half_written))
+    with pytest.raises(OSError, match="disk full"):
+        ck.save_best(tmp_path, 8, {"w": torch.zeros(3)}, 0.05, "val_codebook_loss")
+    monkeypatch.undo()
+    assert ck.best_info(tmp_path)["step"] == 4 and torch.equal(ck.load_best(tmp_path)["w"], first["w"])
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best.safetensors"]  # no leftovers
+
+
+def test_best_weights_after_a_resumed_step_are_dropped(tmp_path):
+    ck.save_best(tmp_path, 6, {"w": torch.zeros(2)}, 0.5, "val_codebook_loss")
+    assert ck.drop_best_after(tmp_path, 6) is None and ck.best_info(tmp_path)["step"] == 6  # not after: kept
+    assert ck.drop_best_after(tmp_path, 3)["step"] == 6
+    assert ck.best_info(tmp_path) is None
+
+
+def test_rng_state_of_each_process(tmp_path):
+    states = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        states.append(ck.rng_state())
+    expected = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        expected.append(torch.rand(3))
+    ck.set_rng_state(states, rank=1)
+    assert torch.equal(torch.rand(3), expected[1])
+    ck.set_rng_state(states[0])  # one process's state, as older checkpoints hold it
+    assert torch.equal(torch.rand(3), expected[0])
 
 
 def test_unloadable_payload_refused_before_writing(tmp_path):

@@ -68,6 +68,29 @@ def test_same_seed_and_epoch_give_the_same_batches_and_epochs_differ():
     assert other_seed.global_batches(4) != a.global_batches(4)
 
 
+def rank_correlation(xs: list[float]) -> float:
+    """Spearman's rho between position and value (no ties expected to matter at this size)."""
+    order = sorted(range(len(xs)), key=xs.__getitem__)
+    ranks = [0] * len(xs)
+    for r, i in enumerate(order):
+        ranks[i] = r
+    n = len(xs)
+    return 1 - 6 * sum((r - i) ** 2 for i, r in enumerate(ranks)) / (n * (n * n - 1))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_batch_order_is_shuffled_so_lengths_do_not_drift_through_the_epoch(seed):
+    # Buckets are cut shortest first; without the final shuffle an epoch would run all short batches, then all
+    # long ones: the learning rate schedule would meet lengths in order and memory would peak only at the end.
+    lengths = random_lengths(2000, seed, low=20, high=400)
+    for epoch in range(2):
+        batches = LengthBucketedBatchSampler(lengths, 2000, seed=seed).global_batches(epoch)
+        longest = [max(lengths[i] for i in b) for b in batches]
+        assert len(batches) > 100 and abs(rank_correlation(longest)) < 0.3
+    ordered = LengthBucketedBatchSampler(lengths, 2000, shuffle=False).global_batches(0)
+    assert rank_correlation([max(lengths[i] for i in b) for b in ordered]) > 0.9  # what the shuffle removes
+
+
 def test_batch_count_is_the_same_every_epoch():
     sampler = LengthBucketedBatchSampler(random_lengths(700, 4), 2000)
     counts = {len(sampler.global_batches(e)) for e in range(6)}

@@ -6,6 +6,10 @@ upstream bug of LoRA layers re-initialising the loaded weights cannot happen her
 it). Norms are never adapted and stay frozen. An adapter folder is peft's own format
 (`adapter_config.json`, `adapter_model.safetensors`) plus `tts_adapter.json`, which names the base
 model the adapter was trained on (id and sha256 of its weights) so it is never applied to another.
+
+The adapted model may keep its frozen base in bf16 (half the memory of fp32; the trainer does so
+under bf16 autocast): whatever the base's dtype, every trainable weight is fp32, because an Adam
+step of lr 1e-4 on a bf16 weight would mostly round to nothing.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any, Literal
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.utils import ModulesToSaveWrapper
 from torch import nn
 
 from tts_lib.fileio import atomic_folder, atomic_write_json
@@ -29,6 +34,7 @@ LAYER_LINEARS = ["wqkv", "wo", "w1", "w2", "w3"]  # attention and SwiGLU MLP, sl
 # Upstream's r_8_alpha_16 targets: the layers plus token/codebook embeddings and both output heads,
 # so adapters imported from upstream's LoRA checkpoints fit this preset exactly.
 UPSTREAM_TARGETS = [*LAYER_LINEARS, "embeddings", "codebook_embeddings", "fast_embeddings", "output", "fast_output"]
+TEXT_EMBEDDINGS = "embeddings"  # the text token table; codebook_embeddings and fast_embeddings are the codes'
 TARGET_PRESETS: dict[str, list[str] | str] = {
     "attention_mlp": LAYER_LINEARS,
     "upstream": UPSTREAM_TARGETS,
@@ -44,7 +50,7 @@ class AdapterConfig:
     lora_alpha: int = 16  # scale = lora_alpha / r; upstream recipe
     lora_dropout: float = 0.01  # upstream recipe
     targets: Literal["attention_mlp", "upstream", "fast_only"] = "attention_mlp"  # see TARGET_PRESETS
-    train_embeddings: bool = False  # also fully train the token embeddings (new-language tokens); own lr in optim
+    train_embeddings: bool = False  # also fully train the text token embeddings (new-language tokens); own lr in optim
 
     def __post_init__(self) -> None:
         if self.r < 1 or self.lora_alpha <= 0:
@@ -65,14 +71,28 @@ def peft_config(config: AdapterConfig) -> LoraConfig:
         lora_dropout=config.lora_dropout,
         target_modules=TARGET_PRESETS[config.targets],
         use_dora=config.kind == "dora",
-        modules_to_save=["embeddings"] if config.train_embeddings else None,
+        modules_to_save=[TEXT_EMBEDDINGS] if config.train_embeddings else None,
     )
 
 
 def add_adapters(model: nn.Module, config: AdapterConfig) -> PeftModel:
-    """`model` (with its weights loaded) wrapped with a fresh adapter; only adapter weights (and the
-    token embeddings with train_embeddings) have requires_grad."""
-    return get_peft_model(model, peft_config(config))
+    """`model` (with its weights loaded, in any dtype) wrapped with a fresh adapter; only adapter weights
+    (and the text token embeddings with train_embeddings) have requires_grad, all of them fp32."""
+    adapted = get_peft_model(model, peft_config(config))
+    _train_only_text_embeddings(adapted.get_base_model())
+    for p in adapted.parameters():
+        if p.requires_grad and p.dtype != torch.float32:  # peft copies modules_to_save in the base's dtype
+            p.data = p.data.float()
+    return adapted
+
+
+def _train_only_text_embeddings(model: nn.Module) -> None:
+    """peft matches modules_to_save by name suffix, so "embeddings" also makes trainable copies of
+    codebook_embeddings and fast_embeddings; put those tables back as they were (frozen, shared)."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, ModulesToSaveWrapper) and name != TEXT_EMBEDDINGS:
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, module.original_module)
 
 
 def is_adapted(model: nn.Module) -> bool:

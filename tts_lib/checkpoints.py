@@ -1,4 +1,4 @@
-"""The run folder's checkpoint store: crash-safe saves, `latest`/`best` pointers, pruning, resume checks.
+"""The run folder's checkpoint store: crash-safe saves, the `latest` pointer, best weights, pruning, resume checks.
 
 On-disk layout of `run_dir/checkpoints/`:
 
@@ -7,11 +7,13 @@ On-disk layout of `run_dir/checkpoints/`:
         state.pt                everything else in the payload (torch.save, loadable with weights_only=True)
     step_00002000/
     latest.json                 {"folder": "step_00002000", "step": 2000}
-    best.json                   {"folder": ..., "step": ..., "metric": "val_semantic_loss", "value": ...}
+    best.safetensors            the weights that validated best (EMA averages when EMA is on); metadata:
+                                step, metric, value. Weights only: a full fine-tune's resumable state is
+                                several times its weights, so only the newest `keep_last` step folders hold it.
 
 A step folder is written under a temporary name (`.tmp-step_...`) in the same parent and renamed
-once both files are on disk, so a listed `step_*` folder is always complete; `latest.json` is
-replaced atomically after that. A kill at any moment therefore leaves the previous `latest` valid.
+once both files are on disk, so a listed `step_*` folder is always complete; `latest.json` and
+`best.safetensors` are replaced atomically. A kill at any moment leaves the previous ones valid.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from .fileio import atomic_write_json
+from .distributed import copy_full_into, full_tensor
+from .fileio import atomic_write_bytes, atomic_write_json
 
 # Keys of the checkpoint dict that training code builds and load_checkpoint returns.
 MODEL = "model"  # trainable weights only: name -> tensor of the requires_grad parameters
@@ -50,12 +53,12 @@ CONFIG = "config"
 DATA_FINGERPRINT = "data_fingerprint"
 FORMAT_VERSION = "format_version"
 
-CURRENT_FORMAT_VERSION = 1
+CURRENT_FORMAT_VERSION = 2  # 2: RNG holds one state per process (a list); 1 (one dict) still loads
 CHECKPOINTS_DIR = "checkpoints"
 WEIGHTS_FILE = "trainable.safetensors"
 STATE_FILE = "state.pt"
 LATEST_FILE = "latest.json"
-BEST_FILE = "best.json"
+BEST_FILE = "best.safetensors"
 TMP_PREFIX = ".tmp-"
 _STEP_DIR = re.compile(r"^step_(\d{8,})$")
 
@@ -82,7 +85,10 @@ def rng_state() -> dict[str, Any]:
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any] | list[dict[str, Any]], rank: int = 0) -> None:
+    """Restore `rng_state()`; given one state per process (a multi-process run), the one of `rank`."""
+    if isinstance(state, list):
+        state = state[rank]
     py = state["python"]
     random.setstate((py["version"], tuple(py["internal"]), py["gauss_next"]))
     npy = state["numpy"]
@@ -100,8 +106,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The requires_grad parameters as detached CPU copies (frozen base weights come from the base model)."""
-    return {name: p.detach().cpu().clone() for name, p in model.named_parameters() if p.requires_grad}
+    """The requires_grad parameters as detached CPU copies (frozen base weights come from the base model).
+    Under FSDP every rank must call it: the shards are gathered into whole tensors."""
+    return {name: full_tensor(p.detach()).cpu().clone() for name, p in model.named_parameters() if p.requires_grad}
 
 
 def tensor_differences(
@@ -139,9 +146,8 @@ def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> No
             f"checkpoint weights do not fit the model's trainable parameters; {problems}. "
             "Resume with the same model, LoRA settings and frozen parts as the saved run."
         )
-    with torch.no_grad():
-        for name, p in params.items():
-            p.copy_(state[name])
+    for name, p in params.items():
+        copy_full_into(p, state[name])
 
 
 # ---------------------------------------------------------------- save and find
@@ -212,40 +218,48 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     return folders[-1] if folders else None
 
 
-def mark_best(run_dir: str | os.PathLike, step: int, metric: float, name: str = "val_semantic_loss") -> Path:
-    """Record the step folder with the best validation metric (so keep_last can protect it)."""
-    parent = checkpoints_dir(run_dir)
-    folder = parent / step_folder_name(step)
-    if not _is_complete(folder):
-        raise FileNotFoundError(f"cannot mark step {step} as best: {folder} is not a saved checkpoint")
-    info = {"folder": folder.name, STEP: step, "metric": name, "value": float(metric)}
-    return atomic_write_json(parent / BEST_FILE, info)
-
-
-def best_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    return _read_pointer(checkpoints_dir(run_dir) / BEST_FILE)
+def save_best(
+    run_dir: str | os.PathLike, step: int, weights: dict[str, torch.Tensor], metric: float, name: str
+) -> Path:
+    """Replace the best weights (weights only: no optimiser state) with `weights`, validated at `step`."""
+    tensors = {k: t.detach().cpu().contiguous() for k, t in weights.items()}
+    # repr keeps every bit of the float; the metadata travels inside the one file that is renamed into place
+    info = {STEP: str(step), "metric": name, "value": repr(float(metric))}
+    return atomic_write_bytes(checkpoints_dir(run_dir) / BEST_FILE, safetensors.torch.save(tensors, metadata=info))
 
 
 def best_info(run_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """The contents of best.json (folder, step, metric, value), or None."""
+    """{"step", "metric", "value"} of the best weights, or None when nothing was validated yet."""
     path = checkpoints_dir(run_dir) / BEST_FILE
-    return _read_json(path) if path.is_file() else None
+    if not path.is_file():
+        return None
+    with safetensors.safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    return {STEP: int(meta[STEP]), "metric": meta["metric"], "value": float(meta["value"])}
 
 
-def keep_last(run_dir: str | os.PathLike, k: int, protect: Iterable[str | os.PathLike] = ()) -> list[Path]:
-    """Delete step folders older than the newest `k`, except those in `protect`; returns what was removed.
+def load_best(run_dir: str | os.PathLike) -> dict[str, torch.Tensor] | None:
+    """The best weights (name -> tensor, CPU), or None when nothing was validated yet."""
+    path = checkpoints_dir(run_dir) / BEST_FILE
+    return safetensors.torch.load_file(str(path)) if path.is_file() else None
 
-    `protect` takes folder names or paths (e.g. `{best_checkpoint(run_dir)}`). Leftover temporary
-    folders from a killed save are removed too.
-    """
+
+def drop_best_after(run_dir: str | os.PathLike, step: int) -> dict[str, Any] | None:
+    """Remove best weights validated after `step` (a resume from `step` redoes those steps); returns their info."""
+    info = best_info(run_dir)
+    if info is None or info[STEP] <= step:
+        return None
+    (checkpoints_dir(run_dir) / BEST_FILE).unlink()
+    return info
+
+
+def keep_last(run_dir: str | os.PathLike, k: int) -> list[Path]:
+    """Delete step folders older than the newest `k` (never the one `latest.json` names) and leftover
+    temporary folders of killed saves; returns what was removed."""
     if k < 1:
         raise ValueError(f"keep_last needs k >= 1 (the latest checkpoint is always kept), got {k}")
-    keep = {Path(p).name for p in protect if p is not None}
     latest = latest_checkpoint(run_dir)
-    if latest is not None:
-        keep.add(latest.name)
-    folders = complete_step_folders(run_dir)
-    removed = [p for p in folders[:-k] if p.name not in keep]
+    removed = [p for p in complete_step_folders(run_dir)[:-k] if latest is None or p.name != latest.name]
     parent = checkpoints_dir(run_dir)
     if parent.is_dir():
         removed += [p for p in parent.iterdir() if p.name.startswith(TMP_PREFIX) and p.is_dir()]
@@ -279,15 +293,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 def data_fingerprint(items: Iterable[Any]) -> str:
     """sha256 of the training data's identity: order-free, changes when any id, path, text, split or duration does."""
     rows = sorted(
-        (
-            str(it.id),
-            str(it.audio),
-            str(it.text),
-            str(it.split),
-            "" if it.duration is None else str(round(float(it.duration) * 1000)),
-        )
+        (str(it.id), str(it.audio), str(it.text), str(it.split),
+         "" if it.duration is None else str(round(float(it.duration) * 1000)))
         for it in items
-    )
+    )  # fmt: skip
     h = hashlib.sha256()
     for row in rows:
         # Unit and record separators cannot appear in the fields in practice, so rows cannot run together.
@@ -355,15 +364,11 @@ def _is_complete(folder: Path) -> bool:
     return (folder / WEIGHTS_FILE).is_file() and (folder / STATE_FILE).is_file()
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
 def _read_pointer(path: Path) -> Path | None:
-    """The folder a latest/best pointer names, if it still exists and is complete."""
+    """The folder the latest pointer names, if it still exists and is complete."""
     if not path.is_file():
         return None
-    folder = path.parent / _read_json(path)["folder"]
+    folder = path.parent / json.loads(path.read_text(encoding="utf-8"))["folder"]
     return folder if _is_complete(folder) else None
 
 

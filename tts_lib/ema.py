@@ -3,7 +3,8 @@
 Only parameters with `requires_grad` are tracked: with LoRA or a frozen codec the rest never
 changes, so averaging it would only cost memory. The averages are fp32 copies whatever the model's
 dtype, because `decay * ema + (1 - decay) * p` with decay 0.999 moves each weight by a thousandth
-of the difference, which bf16 (8 bits of mantissa) would round away.
+of the difference, which bf16 (8 bits of mantissa) would round away. Under FSDP each average is a
+shard like its parameter; `averages()` and `state_dict()` gather whole CPU tensors (every rank calls them).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from tts_lib.checkpoints import differences_text
+from tts_lib.distributed import copy_full_into, full_tensor
 
 # Keys of EMA.state_dict().
 DECAY = "decay"
@@ -93,21 +95,19 @@ class EMA:
         self.shadow = {name: t.to(device) for name, t in self.shadow.items()}
         return self
 
+    def averages(self) -> dict[str, torch.Tensor]:
+        """The averaged weights as whole fp32 CPU tensors (no second copy on the GPU)."""
+        return {name: full_tensor(t.detach()).cpu().clone() for name, t in self.shadow.items()}
+
     def state_dict(self) -> dict[str, Any]:
-        return {
-            DECAY: self.decay,
-            WARMUP: self.warmup,
-            NUM_UPDATES: self.num_updates,
-            SHADOW: {name: t.detach().clone() for name, t in self.shadow.items()},
-        }
+        return {DECAY: self.decay, WARMUP: self.warmup, NUM_UPDATES: self.num_updates, SHADOW: self.averages()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore averages saved by `state_dict`; refuse one made for other parameters."""
         shadow = state[SHADOW]
         self._check_names(shadow, "the saved EMA state")
         for name, t in shadow.items():
-            mine = self.shadow[name]
-            self.shadow[name] = t.detach().to(device=mine.device, dtype=torch.float32).clone()
+            copy_full_into(self.shadow[name], t.detach().to(torch.float32))
         self.decay = float(state[DECAY])
         self.warmup = bool(state.get(WARMUP, True))
         self.num_updates = int(state[NUM_UPDATES])

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from tts_lib.distributed import full_tensor
+
 EMBEDDING_NAMES = {"embeddings", "codebook_embeddings", "fast_embeddings"}
 HEAD_NAMES = {"output", "fast_output"}
 # "(^|.)" so that fast_layers.{i} does not match: fast layers sit above the slow stack and count as the top
@@ -116,11 +118,11 @@ def make_optimizer(model: nn.Module, config: OptimConfig, device_type: str) -> t
 def clip_gradients(params: Iterable[torch.Tensor], max_norm: float | None) -> float:
     """Clip the global grad norm in place and return the norm before clipping (inf/nan pass through, for logs).
 
-    `max_norm` None or <= 0 only measures.
+    `max_norm` None or <= 0 only measures. Under FSDP the norm is over the whole model, all shards.
     """
     limit = max_norm if max_norm is not None and max_norm > 0 else math.inf
     params = [p for p in params if p.grad is not None]
     if not params:
         return 0.0
     total = torch.nn.utils.clip_grad_norm_(params, limit, error_if_nonfinite=False)
-    return float(total)
+    return float(full_tensor(total))

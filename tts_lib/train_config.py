@@ -39,6 +39,9 @@ class TrainConfig:
     log_every_seconds: float = 5.0  # plain progress lines at most this often
     gradient_checkpointing: bool = False  # less memory, about 30% more compute
     compile: bool = False  # torch.compile the forward: faster steps on GPU after a minute of compiling
+    # several GPUs (torchrun), full fine-tunes only: shard weights, gradients, Adam state and EMA over the GPUs
+    # (FSDP2) instead of a whole copy on each (DDP); for models whose optimiser state does not fit one GPU
+    fsdp: bool = False
     adapter: AdapterConfig | None = None  # None = full fine-tune; else train only a LoRA/DoRA adapter
     init_adapter: str | None = None  # an adapter folder to continue (LoRA-on-LoRA; same adapter settings)
     resume_from: str | None = None  # a checkpoint folder to resume from; None = the run_dir's latest, if any
@@ -51,10 +54,16 @@ class TrainConfig:
             raise ValueError("max_steps, grad_accum and max_tokens must be at least 1")
         if self.init_adapter and self.adapter is None:
             raise ValueError("init_adapter continues a LoRA adapter: set adapter (r, lora_alpha, ...) too")
+        if self.fsdp and self.adapter is not None:
+            raise ValueError("fsdp shards full fine-tunes, but this run trains an adapter, whose small state "
+                             "every GPU can hold: set fsdp: false (DDP)")  # fmt: skip
+        if self.fsdp and self.compile:
+            raise ValueError("fsdp runs uncompiled (torch.compile with FSDP2 is untested in tts_lib): "
+                             "set compile: false, or fsdp: false")  # fmt: skip
 
 
 # Settings that change which batches a step sees or what the saved weights are: a resume refuses them.
 RESUME_FIXED = ("base_model", "max_tokens", "max_items", "grad_accum", "seed", "adapter", "init_adapter")
 # Settings whose change only matters to the run's bookkeeping: a resume takes them silently. Any other
 # change (lr, schedule, EMA, steps, validation, early stopping) is safe and taken with a warning line.
-RESUME_QUIET = ("run_dir", "resume_from", "device", "log_every_seconds", "manifest", "final_weights")
+RESUME_QUIET = ("run_dir", "resume_from", "device", "log_every_seconds", "manifest", "final_weights", "fsdp")
