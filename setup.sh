@@ -201,12 +201,12 @@ if [ "$DEMO" = "0" ] && command -v nvidia-smi >/dev/null 2>&1; then
 fi
 
 step 6 "Check"
-# GPU memory and disk each mode needs, as in launchable.yaml (computed, not measured; the arithmetic is there):
-# quick_lora: bf16 weights ~1.7 GB + activations; full and two_phase: ~16 bytes/param (~14 GB) + activations.
+# GPU memory (GiB) and disk each mode needs, as in launchable.yaml: the memory plan's figures at max_tokens 4096
+# (tts_lib/memory_needs.json; traced, not measured). gradient_checkpointing or a lower max_tokens needs less.
 case "$TRAINING_MODE" in
-  quick_lora) NEED_VRAM_GB=19; NEED_DISK_GB=60 ;;
-  two_phase) NEED_VRAM_GB=29; NEED_DISK_GB=100 ;;
-  full) NEED_VRAM_GB=29; NEED_DISK_GB=100 ;;
+  quick_lora) NEED_VRAM_GB=23; NEED_DISK_GB=60 ;;
+  two_phase) NEED_VRAM_GB=36; NEED_DISK_GB=100 ;;
+  full) NEED_VRAM_GB=36; NEED_DISK_GB=100 ;;
   *) echo "TRAINING_MODE must be quick_lora, two_phase or full, found '$TRAINING_MODE'"; exit 2 ;;
 esac
 if [ "$DEMO" = "1" ]; then
@@ -225,7 +225,7 @@ if command -v nvidia-smi >/dev/null 2>&1; then
   VRAM_GB=$((${VRAM_MB:-0} / 1024))
   if [ "$VRAM_GB" -lt "$NEED_VRAM_GB" ]; then
     echo "WARNING: $TRAINING_MODE needs about $NEED_VRAM_GB GB of GPU memory, this GPU has $VRAM_GB GB:"
-    echo "  choose quick_lora, lower max_tokens, or a larger GPU (launchable.yaml lists them per mode)"
+    echo "  choose quick_lora, lower max_tokens, set train.gradient_checkpointing, or a larger GPU (launchable.yaml)"
     WARNINGS=$((WARNINGS + 1))
   else
     echo "GPU memory: $VRAM_GB GB, $TRAINING_MODE needs about $NEED_VRAM_GB GB"

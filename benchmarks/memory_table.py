@@ -1,42 +1,62 @@
-"""python benchmarks/memory_table.py [--max-tokens 1024 2048 4096 8192] [--precision bf16]
+"""python benchmarks/memory_table.py [--write] [--max-tokens 1024 2048 4096 8192]
 
-The memory plan (`tts_lib.memory_plan`) of S1-mini fine-tunes as a Markdown table for docs/benchmarks.md:
-quick_lora and full, each max_tokens, gradient checkpointing off and on; the GiB at the peak by what
-holds them, and the FLOPs per supervised token (`tts_lib.flops`) beside. Traced with fake tensors
-on the CPU: no GPU and no weights needed, about 15 s per row on 2 cores.
+The memory plan (`tts_lib.memory_plan`) of S1-mini fine-tunes: quick_lora and full, each max_tokens,
+gradient checkpointing off and on; the GiB at the peak by what holds them, and the FLOPs per supervised
+token (`tts_lib.flops`) beside. Traced with fake tensors on the CPU, bf16: no GPU and no weights needed,
+about 15 s per row on 2 cores. Prints the table; --write stores the plans in tts_lib/memory_needs.json, the
+one source of every memory figure, and rewrites the generated tables of README.md and docs/benchmarks.md
+(tts_lib/memory_needs.py; tests/test_memory_needs.py checks env_check, launchable.yaml and setup.sh).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+from pathlib import Path
 
+from tts_lib import memory_needs
+from tts_lib.cost import GPU_TABLE
 from tts_lib.flops import flops_per_token
-from tts_lib.memory_plan import CATEGORIES, plan_memory
+from tts_lib.memory_plan import plan_memory
 
+ROOT = Path(__file__).resolve().parent.parent
 MODES = ("quick_lora", "full")
 
 
-def table(max_tokens: list[int], precision: str) -> str:
-    header = ["mode", "max_tokens", "checkpointing", *CATEGORIES, "peak GiB", "peak during", "GFLOP/token"]
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+def traced_rows(max_tokens: list[int]) -> list[dict]:
+    rows = []
     for mode in MODES:
         for checkpointing in (False, True):
+            gflop = flops_per_token(mode, checkpointing) / 1e9  # per token: the same at any budget
             for tokens in max_tokens:
-                plan = plan_memory(mode, tokens, checkpointing, precision)
-                parts = [f"{getattr(plan, c + '_gib'):.2f}" for c in CATEGORIES]
-                flops = f"{flops_per_token(mode, checkpointing) / 1e9:.2f}"  # per token: the same at any budget
-                row = [mode, str(tokens), "on" if checkpointing else "off", *parts, f"**{plan.peak_gib:.2f}**",
-                       plan.peak_during, flops]  # fmt: skip
-                lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
+                plan = dataclasses.asdict(plan_memory(mode, tokens, checkpointing, "bf16"))
+                rows.append({**plan, "gflop_per_token": round(gflop, 4)})
+                print(f"{mode} {tokens} checkpointing={checkpointing}: peak {plan['peak_gib']:.2f} GiB", flush=True)
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--max-tokens", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
-    parser.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"])
+    parser.add_argument("--write", action="store_true", help="update memory_needs.json, README.md, docs/benchmarks.md")
     args = parser.parse_args()
-    print(table(args.max_tokens, args.precision))
+    rows = traced_rows(args.max_tokens)
+    if not args.write:
+        print(json.dumps(rows, indent=1))
+        return
+    data = {"generated_by": "python benchmarks/memory_table.py --write",
+            "what": "tts_lib.memory_plan traced at S1-mini's shape on fake tensors, bf16: traced, not measured",
+            "rows": rows}  # fmt: skip
+    memory_needs.NEEDS_FILE.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    memory_needs.rows.cache_clear()
+    for path, block, begin, end in (
+        (ROOT / "README.md", memory_needs.readme_block(GPU_TABLE), memory_needs.README_BEGIN, memory_needs.README_END),
+        (ROOT / "docs" / "benchmarks.md", memory_needs.benchmarks_block(), memory_needs.TABLE_BEGIN,
+         memory_needs.TABLE_END),
+    ):  # fmt: skip
+        path.write_text(memory_needs.replace_block(path.read_text(), block, begin, end, str(path)), encoding="utf-8")
+        print(f"wrote the generated table of {path}")
 
 
 if __name__ == "__main__":

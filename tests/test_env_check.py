@@ -35,7 +35,7 @@ def test_reports_the_machine(tmp_path, tiny):
         assert key in env, key
     assert env["cpu_cores"] >= 1 and env["disk_free_gb"] > 0 and env["torch"] == torch.__version__
     text = format_environment(env)
-    assert "CPU:" in text and "Disk:" in text and f"torch {torch.__version__}" in text and "an estimate" in text
+    assert "CPU:" in text and "Disk:" in text and f"torch {torch.__version__}" in text and "memory plan" in text
 
 
 def test_tiny_demo_on_a_cpu_is_fine(monkeypatch, tmp_path, tiny):
@@ -51,14 +51,16 @@ def test_the_real_model_without_a_gpu_warns(monkeypatch, tmp_path, real):
 
 
 def test_too_little_vram_for_the_mode_warns(monkeypatch, tmp_path, real):
-    fake_gpu(monkeypatch, "NVIDIA L4", 22)
+    between = (env_check.VRAM_NEEDS_GB["quick_lora"] + env_check.VRAM_NEEDS_GB["full"]) / 2  # the plan's needs
+    fake_gpu(monkeypatch, "NVIDIA A40", between)
     assert check_environment("quick_lora", real, path=tmp_path)["warnings"] == []
     env = check_environment("full", real, path=tmp_path)
-    assert env["gpu"] == "NVIDIA L4" and env["vram_gb"] == pytest.approx(22)
+    assert env["gpu"] == "NVIDIA A40" and env["vram_gb"] == pytest.approx(between)
     [warning] = env["warnings"]
-    assert "22 GiB" in warning and f"{env_check.VRAM_NEEDS_GB['full']:.0f} GiB" in warning and "estimate" in warning
-    # the table is a parameter: measured numbers replace the estimates
-    assert check_environment("full", real, path=tmp_path, needs_gb={"full": 20})["warnings"] == []
+    assert f"{between:.0f} GiB" in warning and f"{env_check.VRAM_NEEDS_GB['full']:.0f} GiB" in warning
+    assert "memory plan" in warning
+    # the table is a parameter: measured numbers replace the plan's
+    assert check_environment("full", real, path=tmp_path, needs_gb={"full": between - 1})["warnings"] == []
 
 
 def test_no_bf16_warns(monkeypatch, tmp_path, real):

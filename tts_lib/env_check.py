@@ -5,10 +5,9 @@
     env = check_environment("quick_lora", base_model="checkpoints/openaudio-s1-mini")  # a dict
     print(format_environment(env))  # GPU, VRAM, CPU, RAM, disk, versions, bf16, and any warnings
 
-The VRAM needs in `VRAM_NEEDS_GB` are rough estimates for S1-mini (0.5 B parameters) at the
-default batch of 4096 codec frames, not measurements: AdamW over all weights keeps about 16 bytes
-per parameter plus activations; a LoRA keeps the weights and activations only. Pass your own
-numbers as `needs_gb` once you have measured them (peak_memory_mb in metrics.jsonl).
+The VRAM needs in `VRAM_NEEDS_GB` come from the memory plan (`tts_lib.memory_needs`: one training step
+traced at S1-mini's shape, bf16, max_tokens 4096, 10% of the GPU left free); traced, not measured on a GPU.
+Pass your own numbers as `needs_gb` once you have measured them (peak_memory_mb in metrics.jsonl).
 """
 
 from __future__ import annotations
@@ -22,11 +21,12 @@ from typing import Any
 import torch
 
 import tts_lib
+from tts_lib import memory_needs
 from tts_lib.bundle import is_random_demo, shown
 
-# GiB of GPU memory a mode needs with S1-mini at max_tokens 4096 (estimates; see the docstring).
+# GiB of GPU memory a mode needs with S1-mini at max_tokens 4096, by the memory plan (see the docstring).
 # gradient_checkpointing or a smaller max_tokens lowers them; the tiny-demo model needs almost none.
-VRAM_NEEDS_GB = {"quick_lora": 12.0, "full": 24.0, "two_phase": 24.0}
+VRAM_NEEDS_GB = {mode: memory_needs.need_gib(mode) for mode in memory_needs.MODES}
 TINY_NEEDS_GB = 0.5
 DISK_NEEDS_GB = 20.0  # base model (about 3.5 GB with the codec), merged copies, checkpoints, package
 
@@ -86,8 +86,9 @@ def check_environment(
                             "only the tiny-demo model trains in reasonable time on a CPU")  # fmt: skip
     elif env["vram_gb"] < need:
         warnings.append(
-            f"the GPU has {env['vram_gb']:.0f} GiB, {mode} needs about {need:.0f} GiB (an estimate): expect out of "
-            "memory; lower max_tokens, use quick_lora, or rent a bigger GPU"
+            f"the GPU has {env['vram_gb']:.0f} GiB, {mode} needs about {need:.0f} GiB (memory plan, max_tokens 4096): "
+            "expect out of memory; lower max_tokens, turn on gradient_checkpointing, use quick_lora, or rent a "
+            "bigger GPU"
         )
     if env["gpu"] is not None and not env["bf16"]:
         warnings.append("this GPU has no bf16: training falls back to fp16 with loss scaling (slower, less stable)")
@@ -110,6 +111,6 @@ def format_environment(env: dict[str, Any]) -> str:
         f"Disk:     {gb(env['disk_free_gb'])} free",
         f"Versions: tts_lib {env['tts_lib']}, torch {env['torch']}, CUDA {env['cuda'] or 'none'}, "
         f"Python {env['python']}",
-        f"Needs:    about {env['vram_needed_gb']:g} GiB of GPU memory for this mode (an estimate)",
+        f"Needs:    about {env['vram_needed_gb']:g} GiB of GPU memory for this mode (memory plan, max_tokens 4096)",
     ]
     return "\n".join(lines + [f"WARNING: {w}" for w in env["warnings"]])
