@@ -34,15 +34,10 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / ".pytest_cache" / "upstream"))
 
-from tts_lib.models.fish_speech.config import FishSpeechConfig  # noqa: E402
+from tts_lib.models.fish_speech.config import S1_MINI_CONFIG, FishSpeechConfig  # noqa: E402
 from tts_lib.models.fish_speech.lm import FishSpeechLM  # noqa: E402
 
-S1_MINI = dict(
-    vocab_size=155776, n_layer=28, n_head=16, n_local_heads=8, dim=1024, head_dim=128, intermediate_size=3072,
-    rope_base=1e6, norm_eps=1e-6, max_seq_len=8192, tie_word_embeddings=False, attention_qk_norm=True,
-    codebook_size=4096, num_codebooks=10, scale_codebook_embeddings=True, n_fast_layer=4, fast_dim=1024,
-    fast_n_head=16, fast_n_local_heads=8, fast_head_dim=64, fast_intermediate_size=3072, fast_attention_qk_norm=False,
-)  # fmt: skip
+S1_MINI = S1_MINI_CONFIG
 
 
 def machine() -> str:

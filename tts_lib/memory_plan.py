@@ -45,18 +45,11 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from tts_lib.adapters import AdapterConfig, add_adapters, is_adapted
 from tts_lib.ema import EMA
-from tts_lib.models.fish_speech.config import FishSpeechConfig
+from tts_lib.models.fish_speech.config import S1_MINI_CONFIG, FishSpeechConfig
 from tts_lib.models.fish_speech.lm import FishSpeechLM
 from tts_lib.models.fish_speech.loss import loss_parts
 from tts_lib.optim import OptimConfig, make_optimizer
 
-# OpenAudio S1-mini's config.json (docs: /work/shared/docs/fish-speech-format.md)
-S1_MINI = dict(
-    vocab_size=155776, n_layer=28, n_head=16, n_local_heads=8, dim=1024, head_dim=128, intermediate_size=3072,
-    rope_base=1e6, norm_eps=1e-6, max_seq_len=8192, tie_word_embeddings=False, attention_qk_norm=True,
-    codebook_size=4096, num_codebooks=10, scale_codebook_embeddings=True, n_fast_layer=4, fast_dim=1024,
-    fast_n_head=16, fast_n_local_heads=8, fast_head_dim=64, fast_intermediate_size=3072, fast_attention_qk_norm=False,
-)  # fmt: skip
 MODES = ("quick_lora", "full", "two_phase")
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 CATEGORIES = ("weights", "gradients", "optimizer", "ema", "activations", "logits")
@@ -146,7 +139,7 @@ class LiveMemory(TorchDispatchMode):
 
 
 def s1_mini() -> FishSpeechConfig:
-    return FishSpeechConfig(**S1_MINI)
+    return FishSpeechConfig(**S1_MINI_CONFIG)
 
 
 def build_model(

@@ -143,6 +143,16 @@ class FishSpeechConfig:
         return atomic_write_text(path, text)
 
 
+# OpenAudio S1-mini's config.json (docs: /work/shared/docs/fish-speech-format.md): the shape the memory plan and
+# the benchmarks build with random weights.
+S1_MINI_CONFIG = dict(
+    vocab_size=155776, n_layer=28, n_head=16, n_local_heads=8, dim=1024, head_dim=128, intermediate_size=3072,
+    rope_base=1e6, norm_eps=1e-6, max_seq_len=8192, tie_word_embeddings=False, attention_qk_norm=True,
+    codebook_size=4096, num_codebooks=10, scale_codebook_embeddings=True, n_fast_layer=4, fast_dim=1024,
+    fast_n_head=16, fast_n_local_heads=8, fast_head_dim=64, fast_intermediate_size=3072, fast_attention_qk_norm=False,
+)  # fmt: skip
+
+
 def unsupported_type_message(found: object, source: str) -> str:
     return (
         f"{source}: model_type {found!r} is not supported; tts_lib supports {SUPPORTED_MODEL_TYPE!r} "
