@@ -235,6 +235,12 @@ def cmd_make_tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gpu_check(args: argparse.Namespace) -> int:
+    from tts_lib import gpu_check  # imports torch: only when asked
+
+    return gpu_check.run(args)
+
+
 def cmd_memory_plan(args: argparse.Namespace) -> int:
     from tts_lib import memory_plan  # imports torch: only when asked
 
@@ -356,6 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default="bf16")
     p.add_argument("--free-gib", type=float, help="also print the largest max_tokens that fits this much memory")
     p.set_defaults(func=cmd_memory_plan)
+
+    p = sub.add_parser("gpu-check", help="acceptance check on a GPU: training steps, memory vs plan, codec, merge")
+    p.add_argument("--smoke", action="store_true", help="the same code paths at tiny shapes on the CPU (CI)")
+    p.add_argument("--max-tokens", type=int, default=4096, help="padded positions per training step (default 4096)")
+    p.set_defaults(func=cmd_gpu_check)
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
     p = bench.add_parser("padding", help="padding efficiency of bucketed vs random batches")
