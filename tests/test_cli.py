@@ -1,6 +1,7 @@
 """The command line as a user runs it: python -m tts_lib ..."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -101,6 +102,11 @@ def test_module_entry_point_runs_the_padding_bench():
 
 def test_demo_runs_the_finetune_notebook_headless(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("TTS_LIB_CACHE", str(tmp_path / "cache"))
+    # As with the headless extra: no ipywidgets in the kernel (tqdm then warns "IProgress not found")
+    (tmp_path / "no-widgets" / "ipywidgets").mkdir(parents=True)
+    (tmp_path / "no-widgets" / "ipywidgets" / "__init__.py").write_text("raise ImportError('not installed')\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(tmp_path / "no-widgets"),
+                                                                     os.environ.get("PYTHONPATH")])))  # fmt: skip
     assert main(["demo", "--data", str(ROOT / "data" / "demo"), "--out", str(tmp_path / "run")]) == 0
     out, err = capsys.readouterr()
     assert "Problems: 0 errors" in out and "step 40/40" in out and "merged and verified" in out
