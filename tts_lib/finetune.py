@@ -387,7 +387,7 @@ def time_training_steps(
     The model is a throwaway copy and no optimiser steps, so the run itself starts untouched; the
     optimiser's own step is left out, which makes the estimate a little optimistic for full runs."""
     family = load_family(weights)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device(config.train.device)  # the training device, as the run itself will use
     amp_dtype, _ = choose_precision(config.train.precision, device)
     model = family.load_model(device=device, dtype=torch.float32)
     if lora:

@@ -26,6 +26,7 @@ from tts_lib import distributed
 from tts_lib.adapters import add_adapters, check_base, check_continuable, load_adapter_weights, save_adapter
 from tts_lib.config_io import config_to_dict, save_config
 from tts_lib.ema import EMA
+from tts_lib.env_check import pick_device
 from tts_lib.manifest import read_manifest
 from tts_lib.models import load_family
 from tts_lib.models.fish_speech.loss import supervised_counts
@@ -170,9 +171,7 @@ def train(config: TrainConfig, on_metrics: Callable[[dict], None] | None = None)
     # ---- setup ------------------------------------------------------------------------------
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    device = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
-    )
+    device = pick_device(config.device)
     info = distributed.setup(device)  # one process, or one of torchrun's
     device = info.device
     say = print if info.is_main else (lambda *args, **kwargs: None)  # only rank 0 talks and writes

@@ -143,7 +143,7 @@ class FishSpeechConfig:
         return atomic_write_text(path, text)
 
 
-# OpenAudio S1-mini's config.json (docs: /work/shared/docs/fish-speech-format.md): the shape the memory plan and
+# OpenAudio S1-mini's config.json (as published on the hub; docs/fish-speech.md): the shape the memory plan and
 # the benchmarks build with random weights.
 S1_MINI_CONFIG = dict(
     vocab_size=155776, n_layer=28, n_head=16, n_local_heads=8, dim=1024, head_dim=128, intermediate_size=3072,
