@@ -300,3 +300,28 @@ def test_codes_are_extracted_on_the_training_device(world, monkeypatch):
     c.train.device = "cpu"  # an explicit training device wins
     plan_finetune(c)
     assert asked == ["cuda", "cpu"]
+
+
+def test_auto_max_tokens_is_pinned_with_the_run(world, capsys):
+    from tts_lib.finetune import resolve_auto_tokens
+
+    family = load_family(world["base"])
+    config = FinetuneConfig(base_model=str(world["base"]))
+    config.train.max_tokens = "auto"
+    new_run = {"config": {"train": {"max_tokens": "auto"}}}  # nothing pinned yet: this machine decides (a CPU)
+    assert resolve_auto_tokens(config, new_run, family).train.max_tokens == 4096
+    pinned = {"config": {"train": {"max_tokens": 768}}}  # run.json of the run being resumed
+    resolved = resolve_auto_tokens(config, pinned, family)
+    assert resolved.train.max_tokens == 768 and "as pinned when this run started" in capsys.readouterr().out
+    config.train.max_tokens = 1024
+    assert resolve_auto_tokens(config, pinned, family).train.max_tokens == 1024  # a number is left as it is
+
+
+def test_the_cli_takes_max_tokens_auto():
+    import argparse
+
+    from tts_lib.cli import max_tokens_arg
+
+    assert max_tokens_arg("auto") == "auto" and max_tokens_arg("2048") == 2048
+    with pytest.raises(argparse.ArgumentTypeError, match="whole number or auto"):
+        max_tokens_arg("lots")

@@ -231,6 +231,18 @@ def test_resume_from_a_given_checkpoint(prepared, tmp_path):
     assert resumed.step == 6 and all(torch.equal(straight[k], again[k]) for k in straight)
 
 
+def test_auto_max_tokens_is_resolved_once_and_resumed_as_saved(prepared, tmp_path, capsys):
+    train(config(prepared, tmp_path / "run", max_steps=3, val_every=0, save_every=3))  # max_tokens 256
+    saved = ckpt.load_checkpoint(tmp_path / "run" / "checkpoints" / "step_00000003")[ckpt.CONFIG]
+    assert saved["max_tokens"] == 256
+    # resumed with auto: the checkpoint's budget, not this machine's choice (4096 on a CPU), which would be refused
+    resumed = train(config(prepared, tmp_path / "run", max_steps=6, val_every=0, save_every=3, max_tokens="auto"))
+    assert resumed.step == 6 and "max_tokens auto: 256, as in the checkpoint resumed" in capsys.readouterr().out
+    fresh = train(config(prepared, tmp_path / "fresh", max_steps=1, val_every=0, save_every=1, max_tokens="auto"))
+    assert fresh.step == 1 and "max_tokens auto: 4096 (no GPU to plan for)" in capsys.readouterr().out
+    assert ckpt.load_checkpoint(tmp_path / "fresh" / "checkpoints" / "step_00000001")[ckpt.CONFIG]["max_tokens"] == 4096
+
+
 @pytest.mark.slow
 def test_compiled_steps_train_and_save_the_plain_model(prepared, tmp_path):
     result = train(config(prepared, tmp_path / "run", max_steps=2, val_every=0, compile=True))

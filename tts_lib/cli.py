@@ -151,6 +151,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 3 if result.interrupted else 0
 
 
+def max_tokens_arg(text: str) -> int | str:
+    """--max-tokens: a whole number or auto."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or auto, found {text!r}") from None
+
+
 # finetune flags -> FinetuneConfig keys; a flag left out keeps the YAML's (or the default) value
 FINETUNE_FLAGS = {
     "mode": "mode", "base_model": "base_model", "data": "data", "out": "out", "parent": "parent",
@@ -306,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--targets", choices=["attention_mlp", "upstream", "fast_only"])
     p.add_argument("--save-every", type=int)
     p.add_argument("--val-every", type=int)
-    p.add_argument("--max-tokens", type=int, help="codec frames per micro-batch")
+    p.add_argument("--max-tokens", type=max_tokens_arg,
+                   help="codec frames per micro-batch, or auto: the largest the GPU's free memory holds")
     p.add_argument("--seed", type=int)
     p.add_argument("--gpu", help="the GPU to price the plan for, e.g. H100, A100-40GB, or NAME@TFLOPS for one not "
                    "in the table (default: the GPU this runs on)")

@@ -38,7 +38,7 @@ from tts_lib.bundle import is_random_demo, resolve_base_model
 from tts_lib.checkpoints import data_fingerprint
 from tts_lib.codes_cache import extract_codes
 from tts_lib.config_io import config_to_dict
-from tts_lib.env_check import pick_device
+from tts_lib.env_check import auto_max_tokens, pick_device
 from tts_lib.errors import DataError
 from tts_lib.fileio import atomic_write_json, default_cache_dir
 from tts_lib.forgetting import check_forgetting, format_forgetting
@@ -137,6 +137,7 @@ def plan_finetune(config: FinetuneConfig, out_setting: str = "--out") -> Plan:
     run = unfinished_run(config, out, out_setting)
     base = resolve_base_model(config.base_model) if config.base_model else parents.base_of(config.parent, out.parent)
     family = load_family(base)
+    config = resolve_auto_tokens(config, run, family)
     identity = family.identity()
     start = parents.resolve_start(
         config.parent, out.parent, base, identity, config.mode, config.adapter, config.incremental, out
@@ -282,6 +283,24 @@ def unfinished_run(config: FinetuneConfig, out: Path, out_setting: str) -> dict:
                          f"run it with the same settings to resume, or set {out_setting} to a new folder")  # fmt: skip
     print(f"resuming the unfinished run in {out}")
     return saved
+
+
+def resolve_auto_tokens(config: FinetuneConfig, run: dict, family) -> FinetuneConfig:
+    """`train.max_tokens: auto` made a number before the steps are planned from it: the pinned run's when
+    resuming (its batches must not change), else the largest this GPU holds by the memory plan (two_phase:
+    its full phase, the larger)."""
+    if config.train.max_tokens != "auto":
+        return config
+    pinned = run["config"]["train"]["max_tokens"]
+    if pinned != "auto":
+        tokens, why = pinned, f"max_tokens auto: {pinned}, as pinned when this run started"
+    else:
+        device = pick_device(config.train.device)
+        amp_dtype, _ = choose_precision(config.train.precision, device)
+        adapter = config.mode == "quick_lora"
+        tokens, why = auto_max_tokens(family, adapter, device, config.train.gradient_checkpointing, amp_dtype)
+    print(why)
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, max_tokens=tokens))
 
 
 def lock_run(plan: Plan) -> None:

@@ -310,9 +310,10 @@ def max_tokens_for(
     gradient_checkpointing: bool = False,
     precision: str = "bf16",
     config: FishSpeechConfig | None = None,
+    cap: int | None = None,
 ) -> int:
-    """The largest max_tokens (a multiple of TOKEN_STEP) whose planned peak fits in `free_gib` less a
-    `margin` fraction (allocator fragmentation, the CUDA context). Raises when not even TOKEN_STEP fits."""
+    """The largest max_tokens (a multiple of TOKEN_STEP, at most `cap`) whose planned peak fits in `free_gib`
+    less a `margin` fraction (allocator fragmentation, the CUDA context). Raises when not even TOKEN_STEP fits."""
     budget = free_gib * (1 - margin)
 
     def fits(tokens: int) -> bool:
@@ -330,10 +331,15 @@ def max_tokens_for(
     low = plan_memory(mode, TOKEN_STEP, gradient_checkpointing, precision, config)
     high = plan_memory(mode, 4 * TOKEN_STEP, gradient_checkpointing, precision, config)
     per_token = max((high.peak_gib - low.peak_gib) / (3 * TOKEN_STEP), 1e-9)
+    most = cap // TOKEN_STEP * TOKEN_STEP if cap is not None else None
     guess = TOKEN_STEP * max(1, int((TOKEN_STEP + (budget - low.peak_gib) / per_token) // TOKEN_STEP))
+    if most is not None and guess >= most:
+        if fits(most):
+            return most
+        guess = most
     while guess > TOKEN_STEP and not fits(guess):
         guess -= TOKEN_STEP
-    while fits(guess + TOKEN_STEP):
+    while (most is None or guess < most) and fits(guess + TOKEN_STEP):
         guess += TOKEN_STEP
     return guess
 

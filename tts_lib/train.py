@@ -9,6 +9,7 @@ save. Under torchrun the same loop runs in every process, through DDP or FSDP2 (
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import signal
 import time
@@ -26,7 +27,7 @@ from tts_lib import distributed
 from tts_lib.adapters import add_adapters, check_base, check_continuable, load_adapter_weights, save_adapter
 from tts_lib.config_io import config_to_dict, save_config
 from tts_lib.ema import EMA
-from tts_lib.env_check import pick_device
+from tts_lib.env_check import auto_max_tokens, pick_device
 from tts_lib.manifest import read_manifest
 from tts_lib.models import load_family
 from tts_lib.models.fish_speech.loss import supervised_counts
@@ -132,6 +133,19 @@ def evaluate(model: nn.Module, family, samples, max_tokens: int, autocast) -> di
             "val_top1": sums["top1"] / frames, "val_top5": sums["top5"] / frames}  # fmt: skip
 
 
+def resolve_auto_tokens(config: TrainConfig, family, device, amp_dtype, state: dict | None, say) -> TrainConfig:
+    """`max_tokens: auto` made a number: the resumed checkpoint's (its batches must not change), else the
+    largest the GPU's free memory holds by the family's memory plan. The number is what checkpoints save."""
+    if state is not None:
+        tokens = state[ckpt.CONFIG]["max_tokens"]
+        why = f"max_tokens auto: {tokens}, as in the checkpoint resumed"
+    else:
+        adapter = config.adapter is not None
+        tokens, why = auto_max_tokens(family, adapter, device, config.gradient_checkpointing, amp_dtype)
+    say(why)
+    return dataclasses.replace(config, max_tokens=tokens)
+
+
 def build_model(family, config: TrainConfig, device: torch.device, amp_dtype: torch.dtype | None) -> nn.Module:
     """The model to train, in train mode: fp32 for a full fine-tune; under adapters with bf16 autocast
     the frozen base is kept in bf16 (half its memory, and what autocast would compute in anyway), the
@@ -188,6 +202,10 @@ def train(config: TrainConfig, on_metrics: Callable[[dict], None] | None = None)
 
     torch.manual_seed(config.seed)
     family = load_family(config.base_model)
+    latest = Path(config.resume_from) if config.resume_from else ckpt.latest_checkpoint(run_dir)
+    state = ckpt.load_checkpoint(latest) if latest is not None else None
+    if config.max_tokens == "auto":
+        config = resolve_auto_tokens(config, family, device, amp_dtype, state, say)
     items = read_manifest(config.manifest)
     missing = [i.id for i in items if not i.codes]
     if missing:
@@ -216,9 +234,7 @@ def train(config: TrainConfig, on_metrics: Callable[[dict], None] | None = None)
     step, epoch, position, best, bad_validations, bad_steps = 0, 0, 0, None, 0, 0
 
     # ---- resume -----------------------------------------------------------------------------
-    latest = Path(config.resume_from) if config.resume_from else ckpt.latest_checkpoint(run_dir)
-    if latest is not None:
-        state = ckpt.load_checkpoint(latest)
+    if state is not None:
         changed = ckpt.check_resume_compatible(state[ckpt.CONFIG], config_to_dict(config), list(RESUME_FIXED))
         if changed:
             raise ValueError(f"cannot resume {latest}: " + "; ".join(changed) + " (use a new run_dir to start over)")

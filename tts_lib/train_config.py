@@ -21,7 +21,9 @@ class TrainConfig:
     manifest: str = ""  # prepared manifest (prepare_dataset + extract-codes): items with splits and codes
     run_dir: str = "runs/train"  # checkpoints, metrics.jsonl and the final model go here
     max_steps: int = 1000  # optimiser steps
-    max_tokens: int = 4096  # padded codec frames per micro-batch (the sampler's budget)
+    # padded codec frames per micro-batch (the sampler's budget); "auto": on a GPU the largest the free memory
+    # holds by the memory plan (tts_lib.env_check.auto_max_tokens), on a CPU 4096; the number is saved and resumed
+    max_tokens: int | Literal["auto"] = 4096
     max_items: int | None = None  # cap on items per micro-batch; None = only the token budget
     grad_accum: int = 1  # micro-batches per optimiser step
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 where supported, fp32 on CPU
@@ -50,8 +52,8 @@ class TrainConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
     def __post_init__(self) -> None:
-        if self.max_steps < 1 or self.grad_accum < 1 or self.max_tokens < 1:
-            raise ValueError("max_steps, grad_accum and max_tokens must be at least 1")
+        if self.max_steps < 1 or self.grad_accum < 1 or (self.max_tokens != "auto" and self.max_tokens < 1):
+            raise ValueError("max_steps, grad_accum and max_tokens must be at least 1 (max_tokens may be \"auto\")")
         if self.init_adapter and self.adapter is None:
             raise ValueError("init_adapter continues a LoRA adapter: set adapter (r, lora_alpha, ...) too")
         if self.fsdp and self.adapter is not None:

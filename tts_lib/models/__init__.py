@@ -25,6 +25,10 @@ class ModelFamily(Protocol):
     def loss_parts(self, model: Any, batch: dict[str, Any]) -> Any: ...  # sums and counts
     def generate(self, model: Any, text: str, references: Any = (), **sampling: Any) -> Any: ...
     def save(self, model: Any, out: str | Path) -> Path: ...
+    # the largest max_tokens (at most cap) whose training step (mode quick_lora or full) fits free_gib less margin
+    def max_tokens_for(
+        self, mode: str, free_gib: float, margin: float, gradient_checkpointing: bool, precision: str, cap: int
+    ) -> int: ...
 
 
 def load_family(folder: str | Path) -> ModelFamily:

@@ -43,6 +43,15 @@ class FishSpeechFamily:
         its weights (hashed once, then remembered beside the cache)."""
         return {"id": self.folder.name, "hash": checkpoint_hash(self.folder / MODEL_FILE)}
 
+    def max_tokens_for(
+        self, mode: str, free_gib: float, margin: float, gradient_checkpointing: bool, precision: str, cap: int
+    ) -> int:
+        """The largest max_tokens, at most `cap`, whose traced training step (tts_lib.memory_plan, this model's
+        shape on fake tensors) fits `free_gib` less `margin`."""
+        from tts_lib.memory_plan import max_tokens_for
+
+        return max_tokens_for(mode, free_gib, margin, gradient_checkpointing, precision, self.config, cap)
+
     def codec(self, device: str | torch.device = "cpu") -> FishCodec:
         if self._codec is None:
             self._codec = FishCodec.from_pretrained(self.folder / CODEC_FILE, device=device)
