@@ -204,7 +204,7 @@ step 6 "Check"
 # GPU memory (GiB) and disk each mode needs, as in launchable.yaml: the memory plan's figures at max_tokens 4096
 # (tts_lib/memory_needs.json; traced, not measured). gradient_checkpointing or a lower max_tokens needs less.
 case "$TRAINING_MODE" in
-  quick_lora) NEED_VRAM_GB=23; NEED_DISK_GB=60 ;;
+  quick_lora) NEED_VRAM_GB=22; NEED_DISK_GB=60 ;;
   two_phase) NEED_VRAM_GB=36; NEED_DISK_GB=100 ;;
   full) NEED_VRAM_GB=36; NEED_DISK_GB=100 ;;
   *) echo "TRAINING_MODE must be quick_lora, two_phase or full, found '$TRAINING_MODE'"; exit 2 ;;

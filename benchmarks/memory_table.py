@@ -1,11 +1,13 @@
-"""python benchmarks/memory_table.py [--write] [--max-tokens 1024 2048 4096 8192]
+"""python benchmarks/memory_table.py [--write | --tables-only] [--max-tokens 1024 2048 4096 8192]
 
 The memory plan (`tts_lib.memory_plan`) of S1-mini fine-tunes: quick_lora and full, each max_tokens,
 gradient checkpointing off and on; the GiB at the peak by what holds them, and the FLOPs per supervised
 token (`tts_lib.flops`) beside. Traced with fake tensors on the CPU, bf16: no GPU and no weights needed,
 about 15 s per row on 2 cores. Prints the table; --write stores the plans in tts_lib/memory_needs.json, the
 one source of every memory figure, and rewrites the generated tables of README.md and docs/benchmarks.md
-(tts_lib/memory_needs.py; tests/test_memory_needs.py checks env_check, launchable.yaml and setup.sh).
+(tts_lib/memory_needs.py; tests/test_memory_needs.py checks env_check, launchable.yaml and setup.sh) and the
+time and cost blocks of README.md and launchable.yaml (tts_lib/time_table.py). --tables-only rewrites the
+generated blocks from the stored plans without tracing again (after a change of prices or of the text).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from tts_lib import memory_needs
+from tts_lib import memory_needs, time_table
 from tts_lib.cost import GPU_TABLE
 from tts_lib.flops import flops_per_token
 from tts_lib.memory_plan import plan_memory
@@ -39,21 +41,28 @@ def traced_rows(max_tokens: list[int]) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--max-tokens", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
-    parser.add_argument("--write", action="store_true", help="update memory_needs.json, README.md, docs/benchmarks.md")
+    parser.add_argument("--write", action="store_true",
+                        help="update memory_needs.json and the generated blocks of README.md, docs/benchmarks.md, "
+                        "launchable.yaml")  # fmt: skip
+    parser.add_argument("--tables-only", action="store_true", help="rewrite the generated blocks from the stored plans")
     args = parser.parse_args()
-    rows = traced_rows(args.max_tokens)
-    if not args.write:
-        print(json.dumps(rows, indent=1))
-        return
-    data = {"generated_by": "python benchmarks/memory_table.py --write",
-            "what": "tts_lib.memory_plan traced at S1-mini's shape on fake tensors, bf16: traced, not measured",
-            "rows": rows}  # fmt: skip
-    memory_needs.NEEDS_FILE.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    memory_needs.rows.cache_clear()
+    if not args.tables_only:
+        rows = traced_rows(args.max_tokens)
+        if not args.write:
+            print(json.dumps(rows, indent=1))
+            return
+        data = {"generated_by": "python benchmarks/memory_table.py --write",
+                "what": "tts_lib.memory_plan traced at S1-mini's shape on fake tensors, bf16: traced, not measured",
+                "rows": rows}  # fmt: skip
+        memory_needs.NEEDS_FILE.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+        memory_needs.rows.cache_clear()
+    readme = ROOT / "README.md"
     for path, block, begin, end in (
-        (ROOT / "README.md", memory_needs.readme_block(GPU_TABLE), memory_needs.README_BEGIN, memory_needs.README_END),
+        (readme, memory_needs.readme_block(GPU_TABLE), memory_needs.README_BEGIN, memory_needs.README_END),
         (ROOT / "docs" / "benchmarks.md", memory_needs.benchmarks_block(), memory_needs.TABLE_BEGIN,
          memory_needs.TABLE_END),
+        (readme, time_table.readme_block(GPU_TABLE), time_table.README_BEGIN, time_table.README_END),
+        (ROOT / "launchable.yaml", time_table.yaml_block(GPU_TABLE), time_table.YAML_BEGIN, time_table.YAML_END),
     ):  # fmt: skip
         path.write_text(memory_needs.replace_block(path.read_text(), block, begin, end, str(path)), encoding="utf-8")
         print(f"wrote the generated table of {path}")

@@ -117,6 +117,34 @@ def test_under_bf16_the_frozen_base_is_bf16_and_what_trains_is_fp32(prepared, tm
     assert any(w.abs().sum() > 0 for k, w in weights.items() if "lora_B" in k)  # it trained
 
 
+def test_under_autocast_adapters_take_their_inputs_uncast_with_the_same_loss(prepared, tmp_path):
+    """The loop turns off peft's cast of adapter inputs to fp32 under autocast (memory: tests/test_memory_plan.py),
+    and only there: without autocast a bf16 input would meet fp32 adapter weights. The loss does not change."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from tts_lib.manifest import read_manifest
+    from tts_lib.train import load_samples
+
+    family = load_family(prepared[0])
+    batch = family.collate(load_samples(family, read_manifest(prepared[1])[:4]))
+
+    def loss(amp_dtype, peft_default: bool = False):
+        torch.manual_seed(0)
+        model = build_model(family, lora_config(prepared, tmp_path), torch.device("cpu"), amp_dtype)
+        tuners = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+        assert tuners and all(m.cast_input_dtype_enabled == (amp_dtype is None) for m in tuners)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:  # B starts at zero: give the adapter an effect
+                torch.nn.init.normal_(p, std=0.02, generator=torch.Generator().manual_seed(len(name)))
+        for m in tuners:
+            m.cast_input_dtype_enabled = m.cast_input_dtype_enabled or peft_default
+        with torch.autocast("cpu", dtype=amp_dtype) if amp_dtype else torch.autocast("cpu", enabled=False):
+            return family.loss_parts(model, batch).loss().item()
+
+    loss(None)
+    assert loss(torch.bfloat16) == pytest.approx(loss(torch.bfloat16, peft_default=True), rel=1e-3)
+
+
 def test_lora_run_saves_adapters_only_and_resumes_exactly(prepared, tmp_path):
     straight = train(lora_config(prepared, tmp_path / "a"))
     weights = load_file(str(tmp_path / "a" / "checkpoints" / "step_00000006" / "trainable.safetensors"))

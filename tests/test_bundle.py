@@ -71,39 +71,6 @@ def test_launch_parameters_and_the_token_has_no_default():
     assert f"DATASET:-{params['DATASET']['default']}" in setup
 
 
-def test_launchable_estimates_follow_from_assumptions_and_price_table():
-    """The per-mode time and cost are arithmetic on the stated assumptions and GPU_TABLE (not measurements)."""
-    from tts_lib.cost import GPU_TABLE
-    from tts_lib.finetune import EPOCHS, MIN_STEPS
-
-    spec = yaml.safe_load((ROOT / "launchable.yaml").read_text())
-    a = spec["estimate"]["assumptions"]
-    assert a["epochs"] == EPOCHS
-
-    def steps(hours, kind):
-        frames = hours * 3600 * a["frames_per_second"]
-        return max(MIN_STEPS["fresh"], -(-int(a["epochs"][kind] * frames) // a["max_tokens"]))
-
-    expected_phases = {
-        "quick_lora": [("lora", steps(a["audio_hours"], "lora"))],
-        "full": [("full", steps(a["audio_hours"], "full"))],
-        "two_phase": [("full", steps(a["audio_hours"], "full")), ("lora", steps(a["speaker_hours"], "lora"))],
-    }
-    for mode, est in spec["estimate"]["modes"].items():
-        phases = [(p["kind"], p["steps"]) for p in est["phases"]]
-        assert [k for k, _ in phases] == [k for k, _ in expected_phases[mode]], mode
-        for (_, got), (_, want) in zip(phases, expected_phases[mode]):
-            assert abs(got - want) <= 1, (mode, got, want)
-        for gpu, figures in est["per_gpu"].items():
-            info = GPU_TABLE[gpu]
-            tokens_per_s = {
-                k: a["mfu"] * info.bf16_tflops * 1e12 / (f * a["params"]) for k, f in a["flops_per_token"].items()
-            }
-            hours = sum(s * a["max_tokens"] / tokens_per_s[k] / 3600 for k, s in phases)
-            assert figures["minutes"] == pytest.approx(hours * 60, abs=0.06), (mode, gpu)
-            assert figures["usd"] == pytest.approx(hours * info.usd_per_hour, abs=0.006), (mode, gpu)
-
-
 def test_setup_sh_needs_match_launchable():
     spec = yaml.safe_load((ROOT / "launchable.yaml").read_text())
     setup = (ROOT / "setup.sh").read_text()

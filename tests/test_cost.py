@@ -252,3 +252,22 @@ def test_actual_cost():
     assert spent == {"gpu": "A100-80GB", "hours": 2.0, "usd": pytest.approx(3.58)}
     assert cost.actual_cost(1800, None, GPU_TABLE) == {"gpu": None, "hours": 0.5, "usd": None}
     assert cost.actual_cost(1800, "T4", GPU_TABLE)["usd"] is None
+
+
+def test_on_a_cpu_counted_flops_give_every_gpu_a_computed_time_labelled_with_its_mfu():
+    per_token = 2e9  # FLOPs per supervised token
+    est = cost.estimate_cost(3_600_000, Throughput(2.0, 1.0, 5), None, GPU_TABLE, scratch_tokens=7_200_000,
+                             price_for="H100", flops_per_token=per_token, mfu=0.25)  # fmt: skip
+    assert [r.gpu for r in est.rows][:2] == ["H100-80GB", cost.CPU_ROW]
+    assert {r.gpu for r in est.rows[2:]} == set(GPU_TABLE) - {"H100-80GB"}
+    for row in (r for r in est.rows if r.gpu != cost.CPU_ROW):
+        info = GPU_TABLE[row.gpu]
+        hours = 3_600_000 * per_token / (info.bf16_tflops * 1e12 * 0.25) / 3600
+        assert row.hours == pytest.approx(hours) and row.usd == pytest.approx(hours * info.usd_per_hour)
+        assert row.scratch_hours == pytest.approx(2 * hours) and "assumed MFU of 25%" in row.basis
+    assert est.rows[1].hours == pytest.approx(3_600_000 / 2.0 / 3600) and est.rows[1].usd is None
+    text = cost.format_estimate(est)
+    assert "computed rows: counted FLOPs at an assumed MFU of 25%" in text and "measure on a GPU" not in text
+    # a measurement that scales (a GPU of the table) is not replaced by a computation
+    measured = cost.estimate_cost(3_600_000, Throughput(1000.0, 0.5, 5), "L4", GPU_TABLE, flops_per_token=per_token)
+    assert all("computed" not in r.basis for r in measured.rows)

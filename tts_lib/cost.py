@@ -54,6 +54,10 @@ _GPU_FIELDS = ("usd_per_hour", "bf16_tflops", "memory_gb")
 
 CPU_ROW = "this machine"
 CPU = "CPU"  # Machine.name when there is no CUDA device
+# Model FLOPs utilisation assumed where a time is computed from counted FLOPs (tts_lib.flops) rather than
+# measured: what eager PyTorch in bf16 typically reaches on A100/H100 for a model of S1-mini's width (dim 1024).
+# `gpu-check` measures it; until then every figure made with it says so.
+ASSUMED_MFU = 0.3
 
 
 def load_gpu_table(path: str | Path | None = None) -> dict[str, GpuInfo]:
@@ -256,6 +260,18 @@ def _usd(hours: float | None, price: float | None) -> float | None:
     return None if hours is None or price is None else hours * price
 
 
+def computed_row(info: GpuInfo, est: CostEstimate, flops_per_token: float, mfu: float) -> CostRow:
+    """A GPU's time from counted FLOPs at an assumed MFU: for when nothing measured can be scaled to it."""
+    per_token_s = flops_per_token / (info.bf16_tflops * 1e12 * mfu)
+    hours = est.planned_tokens * per_token_s / 3600
+    scratch = None if est.scratch_tokens is None else est.scratch_tokens * per_token_s / 3600
+    basis = f"computed: counted FLOPs at an assumed MFU of {mfu:.0%}"
+    if info.usd_per_hour is None:
+        basis += "; not in the price table, so no price"
+    price = info.usd_per_hour
+    return CostRow(info.name, basis, price, hours, _usd(hours, price), scratch, _usd(scratch, price))
+
+
 def estimate_cost(
     planned_tokens: int,
     throughput: Throughput,
@@ -265,13 +281,17 @@ def estimate_cost(
     *,
     price_for: str | None = None,
     machine: str | None = None,
+    flops_per_token: float | None = None,
+    mfu: float = ASSUMED_MFU,
 ) -> CostEstimate:
     """Hours and dollars for `planned_tokens` (training from the parent version) and, when given,
     `scratch_tokens` (the same data trained from the base model), on every GPU of `table`.
 
     `measured_on`: the table key of the GPU `throughput` was measured on; None for a CPU or a GPU missing
     from the table, which `machine` then names (Machine.name; default CPU). `price_for`: the `gpu` setting,
-    the GPU to price the plan for (a key, a short name such as "H100", or "NAME@TFLOPS"); its row comes first."""
+    the GPU to price the plan for (a key, a short name such as "H100", or "NAME@TFLOPS"); its row comes first.
+    `flops_per_token`: the model's counted training FLOPs per supervised token (tts_lib.flops); with it a
+    measurement that cannot be scaled (a CPU's) still gets GPU rows, computed at the assumed `mfu` and labelled so."""
     if measured_on is not None and measured_on not in table:
         raise ValueError(f"measured_on {measured_on!r} is not in the GPU table ({', '.join(table)}); pass None")
     target = resolve_gpu(price_for, table) if price_for else None
@@ -288,15 +308,17 @@ def estimate_cost(
     )
     if measured_on is None:
         # Nothing to scale from: a CPU is not a GPU, and an unlisted GPU has no TFLOPs here. A CPU is not rented
-        # by the hour here, so it gets a time but no price.
+        # by the hour here, so it gets a time but no price. Counted FLOPs give the GPUs a computed time instead.
         on_cpu = est.machine == CPU
-        if target is not None:
+        others = [info for info in table.values() if target is None or info.name != target.name]
+        if target is not None and flops_per_token is not None:
+            est.rows.append(computed_row(target, est, flops_per_token, mfu))
+        elif target is not None:
             why = "cannot be timed from a CPU measurement" if on_cpu else f"cannot be scaled from {est.machine}"
             est.rows.append(CostRow(target.name, why, target.usd_per_hour, None, None))
         if on_cpu:
             basis = "measured; CPU time is free here, so no price"
             est.rows.append(CostRow(CPU_ROW, basis, None, est.hours, None, est.scratch_hours, None))
-            est.notes.append("measure on a GPU for GPU estimates")
         else:
             basis = "measured; not in the price table, so no price"
             est.rows.append(CostRow(est.machine, basis, None, est.hours, None, est.scratch_hours, None))
@@ -304,6 +326,12 @@ def estimate_cost(
                 f"{est.machine} is not in the price table: add '{est.machine}: {{usd_per_hour, bf16_tflops, "
                 "memory_gb}' to a gpu_prices YAML file to price it and scale it to the other GPUs"
             )
+        if flops_per_token is not None:
+            est.rows += [computed_row(info, est, flops_per_token, mfu) for info in others]
+            est.notes.append(f"computed rows: counted FLOPs at an assumed MFU of {mfu:.0%} of dense bf16 TFLOPs, "
+                             "not measured; timing steps on a GPU measures them")  # fmt: skip
+        elif on_cpu:
+            est.notes.append("measure on a GPU for GPU estimates")
         return est
     base = table[measured_on]
     gpus = [base, *(info for key, info in table.items() if key != measured_on)]

@@ -387,8 +387,13 @@ def estimate_run(config, out, start, train_items, steps, scratch, table, machine
     throughput, tokens_per_step = time_training_steps(config, start.weights, lora, train_items, config.estimate_steps)
     planned = int(steps * tokens_per_step)
     scratch_tokens = int(scratch * tokens_per_step) if scratch else None
+    # nothing measured here scales to a GPU (a CPU, or a GPU not in the table): count the FLOPs instead
+    counted = None
+    if machine.key is None:
+        counted = load_family(start.weights).flops_per_token("quick_lora" if lora else "full",
+                                                             config.train.gradient_checkpointing)  # fmt: skip
     estimate = cost.estimate_cost(planned, throughput, machine.key, table, scratch_tokens, price_for=config.gpu,
-                                  machine=machine.name)
+                                  machine=machine.name, flops_per_token=counted)  # fmt: skip
     text = cost.format_estimate(estimate)
     first = estimate.rows[0] if estimate.rows else None
     # the first row is the GPU the plan is priced for (or this machine): its hours and dollars go into the metadata

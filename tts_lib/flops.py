@@ -17,13 +17,11 @@ import torch
 from torch._subclasses import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
+from tts_lib.cost import ASSUMED_MFU
 from tts_lib.memory_plan import autocast_for, build_model, planned_batch, s1_mini
 from tts_lib.models.fish_speech.config import FishSpeechConfig
 from tts_lib.models.fish_speech.loss import loss_parts
 
-# Model FLOPs utilisation assumed for time estimates until measured on a GPU (`gpu-check`): what eager
-# PyTorch in bf16 typically reaches on A100/H100 for a model of S1-mini's width (dim 1024).
-ASSUMED_MFU = 0.3
 COUNT_TOKENS = 4096  # the batch the count is made at; per supervised token it barely depends on it
 TRAINING_MODES = ("quick_lora", "full")
 

@@ -43,7 +43,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
 
-from tts_lib.adapters import AdapterConfig, add_adapters, is_adapted
+from tts_lib.adapters import AdapterConfig, add_adapters, is_adapted, keep_autocast_inputs
 from tts_lib.ema import EMA
 from tts_lib.models.fish_speech.config import S1_MINI_CONFIG, FishSpeechConfig
 from tts_lib.models.fish_speech.lm import FishSpeechLM
@@ -161,6 +161,8 @@ def build_model(
         model.gradient_checkpointing = gradient_checkpointing
         if mode == "quick_lora":
             model = add_adapters(model, AdapterConfig())  # trainable weights fp32
+            if precision != "fp32":  # the loop's rule: under autocast adapters take their inputs uncast
+                keep_autocast_inputs(model)
     for module in list(model.modules()):
         for name, child in module.named_children():
             if isinstance(child, nn.Dropout):  # LoRA's dropout

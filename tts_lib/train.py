@@ -24,7 +24,14 @@ from torch import nn
 
 from tts_lib import checkpoints as ckpt
 from tts_lib import distributed
-from tts_lib.adapters import add_adapters, check_base, check_continuable, load_adapter_weights, save_adapter
+from tts_lib.adapters import (
+    add_adapters,
+    check_base,
+    check_continuable,
+    keep_autocast_inputs,
+    load_adapter_weights,
+    save_adapter,
+)
 from tts_lib.config_io import config_to_dict, save_config
 from tts_lib.ema import EMA
 from tts_lib.env_check import auto_max_tokens, pick_device
@@ -158,6 +165,8 @@ def build_model(family, config: TrainConfig, device: torch.device, amp_dtype: to
             check_continuable(config.init_adapter, config.adapter)
             check_base(config.init_adapter, family.identity())
         model = add_adapters(model, config.adapter)
+        if amp_dtype is not None:  # every forward of training and validation runs under autocast
+            keep_autocast_inputs(model)
         if config.init_adapter:
             load_adapter_weights(model, config.init_adapter)
     return model.train()

@@ -52,6 +52,13 @@ class FishSpeechFamily:
 
         return max_tokens_for(mode, free_gib, margin, gradient_checkpointing, precision, self.config, cap)
 
+    def flops_per_token(self, mode: str, gradient_checkpointing: bool = False) -> float:
+        """Training FLOPs (forward + backward) per supervised token of this model in `mode` (quick_lora or
+        full), counted by tts_lib.flops on fake tensors at this model's shape."""
+        from tts_lib.flops import flops_per_token
+
+        return flops_per_token(mode, gradient_checkpointing, self.config)
+
     def codec(self, device: str | torch.device = "cpu") -> FishCodec:
         if self._codec is None:
             self._codec = FishCodec.from_pretrained(self.folder / CODEC_FILE, device=device)
