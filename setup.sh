@@ -31,7 +31,7 @@ MODEL_REVISION_UNPINNED=main
 DATASET_REVISION_UNPINNED=main
 
 # FLEURS (google/fleurs, CC-BY-4.0: sharing and adapting allowed, with attribution), Finnish: read speech
-# of many speakers, 16 kHz. Converted by tts_lib.download to JSONL that `ingest` reads.
+# of many speakers, 16 kHz. Converted by tts_lib.launch.download to JSONL that `ingest` reads.
 BASE_MODEL=${BASE_MODEL:-auto}
 MODEL_REVISION=${MODEL_REVISION:-$MODEL_REVISION_UNPINNED}
 DATASET=${DATASET:-google/fleurs}
@@ -87,13 +87,13 @@ retry() {  # retry with backoff: network steps fail now and then on fresh instan
   done
 }
 
-# Runs `python -m tts_lib.download ARGS`; sets DL_RC to its exit status: 0 done, 1 error, 2 gated (needs a
+# Runs `python -m tts_lib.launch.download ARGS`; sets DL_RC to its exit status: 0 done, 1 error, 2 gated (needs a
 # token or the licence), 3 offline. Retries errors and lost connections with backoff, never a refusal.
 download() {
   local n=0
   while true; do
     DL_RC=0
-    "$PY" -m tts_lib.download "$@" || DL_RC=$?
+    "$PY" -m tts_lib.launch.download "$@" || DL_RC=$?
     case "$DL_RC" in
       0|2) return 0 ;;
       3) if [ "${HF_HUB_OFFLINE:-0}" != "0" ]; then return 0; fi ;;
@@ -202,7 +202,7 @@ fi
 
 step 6 "Check"
 # GPU memory (GiB) and disk each mode needs, as in launchable.yaml: the memory plan's figures at max_tokens 4096
-# (tts_lib/memory_needs.json; traced, not measured). gradient_checkpointing or a lower max_tokens needs less.
+# (tts_lib/training/memory_needs.json; traced, not measured). gradient_checkpointing or a lower max_tokens needs less.
 case "$TRAINING_MODE" in
   quick_lora) NEED_VRAM_GB=22; NEED_DISK_GB=60 ;;
   two_phase) NEED_VRAM_GB=36; NEED_DISK_GB=100 ;;

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from tts_lib.validate import ValidationConfig, validate_path
+from tts_lib.data.validate import ValidationConfig, validate_path
 
 
 def write_dataset(root: Path, files: int, ext: str, sr: int, seed: int = 0) -> float:

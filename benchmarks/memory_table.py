@@ -1,12 +1,12 @@
 """python benchmarks/memory_table.py [--write | --tables-only] [--max-tokens 1024 2048 4096 8192]
 
-The memory plan (`tts_lib.memory_plan`) of S1-mini fine-tunes: quick_lora and full, each max_tokens,
+The memory plan (`tts_lib.training.memory_plan`) of S1-mini fine-tunes: quick_lora and full, each max_tokens,
 gradient checkpointing off and on; the GiB at the peak by what holds them, and the FLOPs per supervised
-token (`tts_lib.flops`) beside. Traced with fake tensors on the CPU, bf16: no GPU and no weights needed,
-about 15 s per row on 2 cores. Prints the table; --write stores the plans in tts_lib/memory_needs.json, the
+token (`tts_lib.training.flops`) beside. Traced with fake tensors on the CPU, bf16: no GPU and no weights needed,
+about 15 s per row on 2 cores. Prints the table; --write stores the plans in tts_lib/training/memory_needs.json, the
 one source of every memory figure, and rewrites the generated tables of README.md and docs/benchmarks.md
-(tts_lib/memory_needs.py; tests/test_memory_needs.py checks env_check, launchable.yaml and setup.sh) and the
-time and cost blocks of README.md and launchable.yaml (tts_lib/time_table.py). --tables-only rewrites the
+(tts_lib/training/memory_needs.py; tests/test_memory_needs.py checks env_check, launchable.yaml and setup.sh) and the
+time and cost blocks of README.md and launchable.yaml (tts_lib/versions/time_table.py). --tables-only rewrites the
 generated blocks from the stored plans without tracing again (after a change of prices or of the text).
 """
 
@@ -17,10 +17,11 @@ import dataclasses
 import json
 from pathlib import Path
 
-from tts_lib import memory_needs, time_table
-from tts_lib.cost import GPU_TABLE
-from tts_lib.flops import flops_per_token
-from tts_lib.memory_plan import plan_memory
+from tts_lib.training import memory_needs
+from tts_lib.training.flops import flops_per_token
+from tts_lib.training.memory_plan import plan_memory
+from tts_lib.versions import time_table
+from tts_lib.versions.cost import GPU_TABLE
 
 ROOT = Path(__file__).resolve().parent.parent
 MODES = ("quick_lora", "full")
@@ -52,7 +53,8 @@ def main() -> None:
             print(json.dumps(rows, indent=1))
             return
         data = {"generated_by": "python benchmarks/memory_table.py --write",
-                "what": "tts_lib.memory_plan traced at S1-mini's shape on fake tensors, bf16: traced, not measured",
+                "what": "tts_lib.training.memory_plan traced at S1-mini's shape on fake tensors, bf16: traced, "
+                        "not measured",
                 "rows": rows}  # fmt: skip
         memory_needs.NEEDS_FILE.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
         memory_needs.rows.cache_clear()

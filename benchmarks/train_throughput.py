@@ -1,7 +1,7 @@
 """python benchmarks/train_throughput.py [--data demo|ljspeech-like] [--items N] [--steps N] [--max-tokens T]
                                         [--memory-steps M]
 
-Training throughput of the engine (`tts_lib.train.train`) on CPU, tiny-demo model, on one of two data sets:
+Training throughput of the engine (`tts_lib.training.train.train`) on CPU, tiny-demo model, on one of two data sets:
 
 - demo (default): all of data/demo (35 clips), codes extracted with the tiny codec; max_tokens 1024.
 - ljspeech-like: --items synthetic items (default 400) whose durations are drawn from
@@ -43,19 +43,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tts_lib.codes_cache import extract_codes
-from tts_lib.ingest import ingest
-from tts_lib.manifest import Item, read_manifest, write_manifest
+from tts_lib.data.codes_cache import extract_codes
+from tts_lib.data.ingest import ingest
+from tts_lib.data.manifest import Item, read_manifest, write_manifest
+from tts_lib.data.padding_bench import padding_efficiency, random_batches, read_durations
+from tts_lib.data.sampler import LengthBucketedBatchSampler, frames_for_duration
+from tts_lib.data.split import assign_splits
 from tts_lib.models import load_family
 from tts_lib.models.fish_speech.codec import CODEC_CONFIG_FILE, FishCodecConfig
 from tts_lib.models.fish_speech.loss import supervised_counts
 from tts_lib.models.fish_speech.tiny import make_tiny_checkpoint
-from tts_lib.optim import OptimConfig, clip_gradients, make_optimizer
-from tts_lib.padding_bench import padding_efficiency, random_batches, read_durations
-from tts_lib.sampler import LengthBucketedBatchSampler, frames_for_duration
-from tts_lib.split import assign_splits
-from tts_lib.train import load_samples, train
-from tts_lib.train_config import TrainConfig
+from tts_lib.training.optim import OptimConfig, clip_gradients, make_optimizer
+from tts_lib.training.train import load_samples, train
+from tts_lib.training.train_config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 THREADS = 2  # fixed so runs on different machines (and variants within a run) are comparable

@@ -20,7 +20,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from tts_lib.fileio import atomic_write_bytes, atomic_write_text
+from tts_lib.common.fileio import atomic_write_bytes, atomic_write_text
 
 SAMPLE_RATE = 44100  # the S1-mini codec rate, so nothing is upsampled at training time
 PEAK = 10 ** (-3 / 20)  # -3 dBFS leaves headroom for the resampler's overshoot in later steps

@@ -76,12 +76,12 @@ def tokenizer_dir(tmp_path):
 def prepared(tmp_path_factory):
     """(tiny-demo base folder, manifest): 12 Finnish clips of data/demo with splits and codes. Shared
     by the whole session: tests must not change these files."""
-    from tts_lib.codes_cache import extract_codes
-    from tts_lib.ingest import ingest
-    from tts_lib.manifest import write_manifest
+    from tts_lib.data.codes_cache import extract_codes
+    from tts_lib.data.ingest import ingest
+    from tts_lib.data.manifest import write_manifest
+    from tts_lib.data.split import assign_splits
     from tts_lib.models import load_family
     from tts_lib.models.fish_speech.tiny import make_tiny_checkpoint
-    from tts_lib.split import assign_splits
 
     root = tmp_path_factory.mktemp("prepared")
     base = make_tiny_checkpoint(root / "tiny-demo")

@@ -8,7 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tts_lib.adapters import (
+from tts_lib.models import load_family
+from tts_lib.training.adapters import (
     SIDECAR,
     AdapterConfig,
     add_adapters,
@@ -16,11 +17,10 @@ from tts_lib.adapters import (
     load_adapted,
     merge,
 )
-from tts_lib.checkpoints import load_checkpoint
-from tts_lib.models import load_family
-from tts_lib.optim import OptimConfig, param_groups
-from tts_lib.train import build_model, train
-from tts_lib.train_config import TrainConfig
+from tts_lib.training.checkpoints import load_checkpoint
+from tts_lib.training.optim import OptimConfig, param_groups
+from tts_lib.training.train import build_model, train
+from tts_lib.training.train_config import TrainConfig
 
 
 def tokens(family, seed=0):
@@ -122,8 +122,8 @@ def test_under_autocast_adapters_take_their_inputs_uncast_with_the_same_loss(pre
     and only there: without autocast a bf16 input would meet fp32 adapter weights. The loss does not change."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    from tts_lib.manifest import read_manifest
-    from tts_lib.train import load_samples
+    from tts_lib.data.manifest import read_manifest
+    from tts_lib.training.train import load_samples
 
     family = load_family(prepared[0])
     batch = family.collate(load_samples(family, read_manifest(prepared[1])[:4]))

@@ -3,7 +3,7 @@ import pytest
 import soundfile as sf
 from conftest import tone, write_audio
 
-from tts_lib.audio import AudioError, audio_info, load_audio, resample
+from tts_lib.data.audio import AudioError, audio_info, load_audio, resample
 
 
 def test_info_reads_the_header(tmp_path):

@@ -42,7 +42,7 @@ def test_launchable_yaml_parses_and_names_existing_files():
 
 
 def test_launchable_gpus_per_mode_exist_in_the_price_table():
-    from tts_lib.cost import GPU_TABLE
+    from tts_lib.versions.cost import GPU_TABLE
 
     spec = yaml.safe_load((ROOT / "launchable.yaml").read_text())
     modes = spec["compute"]["modes"]
@@ -54,7 +54,7 @@ def test_launchable_gpus_per_mode_exist_in_the_price_table():
             assert GPU_TABLE[need[key]].memory_gb >= need["vram_need_gb"], (mode, key)
         named += list(spec["estimate"]["modes"][mode]["per_gpu"])
     unknown = sorted(set(named) - set(GPU_TABLE))
-    assert not unknown, f"GPUs not in tts_lib.cost.GPU_TABLE: {unknown}"
+    assert not unknown, f"GPUs not in tts_lib.versions.cost.GPU_TABLE: {unknown}"
 
 
 def test_launch_parameters_and_the_token_has_no_default():

@@ -1,11 +1,11 @@
-"""tts_lib.bundle: the bundle root from any working directory, setup.sh's settings, and what `auto` means."""
+"""tts_lib.launch.bundle: the bundle root from any working directory, setup.sh's settings, and what `auto` means."""
 
 from pathlib import Path
 
 import pytest
 
-from tts_lib import bundle
-from tts_lib.bundle import find_root, read_setup, resolve_base_model, resolve_run, shown
+from tts_lib.launch import bundle
+from tts_lib.launch.bundle import find_root, read_setup, resolve_base_model, resolve_run, shown
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from tts_lib import checkpoints as ck
-from tts_lib import fileio
-from tts_lib.ema import EMA
-from tts_lib.sampler import LengthBucketedBatchSampler
+from tts_lib.common import fileio
+from tts_lib.data.sampler import LengthBucketedBatchSampler
+from tts_lib.training import checkpoints as ck
+from tts_lib.training.ema import EMA
 
 
 def tiny(seed: int = 0) -> nn.Module:

@@ -9,7 +9,7 @@ from pathlib import Path
 from conftest import write_audio
 
 from tts_lib.cli import main
-from tts_lib.manifest import read_manifest
+from tts_lib.data.manifest import read_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -125,9 +125,9 @@ def test_demo_runs_the_finetune_notebook_headless(tmp_path, capsys, monkeypatch)
 
 
 def test_export_cli_merges_once_and_refuses_an_existing_folder(tmp_path, capsys):
-    from tts_lib.adapters import AdapterConfig, add_adapters, save_adapter
     from tts_lib.models import load_family
     from tts_lib.models.fish_speech.tiny import make_tiny_checkpoint
+    from tts_lib.training.adapters import AdapterConfig, add_adapters, save_adapter
 
     family = load_family(make_tiny_checkpoint(tmp_path / "base"))
     config = AdapterConfig()

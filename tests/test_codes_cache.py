@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from conftest import write_audio
 
-from tts_lib.codes_cache import CodecSpec, extract_codes
-from tts_lib.manifest import Item
+from tts_lib.data.codes_cache import extract_codes
+from tts_lib.data.manifest import Item
+from tts_lib.models import CodecSpec
 
 HOP = 2048
 
@@ -116,7 +117,7 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path):
 
 
 def test_the_estimate_scales_the_first_batch_to_all_the_audio():
-    from tts_lib.codes_cache import estimate_line
+    from tts_lib.data.codes_cache import estimate_line
 
     line = estimate_line(first_audio_s=60.0, first_s=2.0, total_audio_s=3600.0)  # 30 s of audio per second
     assert "about 2.0 min" in line and "30.0 s of audio per second" in line

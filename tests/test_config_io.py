@@ -4,7 +4,7 @@ from typing import Literal
 
 import pytest
 
-from tts_lib.config_io import apply_overrides, config_to_dict, load_config, save_config
+from tts_lib.common.config_io import apply_overrides, config_to_dict, load_config, save_config
 
 
 @dataclass

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tts_lib import cost
-from tts_lib.cost import GPU_TABLE, Throughput
+from tts_lib.versions import cost
+from tts_lib.versions.cost import GPU_TABLE, Throughput
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "finetune.ipynb"
 

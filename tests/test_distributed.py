@@ -18,14 +18,14 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from tts_lib import checkpoints as ckpt
-from tts_lib.adapters import AdapterConfig
-from tts_lib.config_io import save_config
-from tts_lib.distributed import Dist, all_sum, from_main, sync_gradients
-from tts_lib.manifest import read_manifest
+from tts_lib.common.config_io import save_config
+from tts_lib.data.manifest import read_manifest
 from tts_lib.models import load_family
-from tts_lib.train import TrainingLoss, backward_update, load_samples
-from tts_lib.train_config import TrainConfig
+from tts_lib.training import checkpoints as ckpt
+from tts_lib.training.adapters import AdapterConfig
+from tts_lib.training.distributed import Dist, all_sum, from_main, sync_gradients
+from tts_lib.training.train import TrainingLoss, backward_update, load_samples
+from tts_lib.training.train_config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 NO_BACKEND_FOR_CPU = "No backend type associated with device type cpu"  # what NCCL says to a CPU tensor
@@ -143,9 +143,9 @@ def test_two_process_resume_with_dropout_is_bit_exact(prepared, tmp_path):
 
 DRIVER = """
     import os, sys
-    import tts_lib.train as engine
-    from tts_lib.config_io import load_config
-    from tts_lib.train_config import TrainConfig
+    import tts_lib.training.train as engine
+    from tts_lib.common.config_io import load_config
+    from tts_lib.training.train_config import TrainConfig
 
     # Validation numbers that differ between the ranks: rank 1 alone would stop early at step 4.
     values = iter({"0": [1.0, 0.5, 0.9], "1": [1.0, 2.0, 3.0]}[os.environ["RANK"]])

@@ -1,4 +1,4 @@
-"""tts_lib.download: hub downloads with snapshot_download mocked (the hub is never contacted)."""
+"""tts_lib.launch.download: hub downloads with snapshot_download mocked (the hub is never contacted)."""
 
 import io
 import json
@@ -15,8 +15,8 @@ import pytest
 import soundfile as sf
 from huggingface_hub import errors
 
-from tts_lib import download
-from tts_lib.ingest import ingest
+from tts_lib.data.ingest import ingest
+from tts_lib.launch import download
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_TOKEN = "hf_FAKE_test_token_0123456789"
@@ -155,7 +155,7 @@ def test_real_hub_client_offline_is_reported_as_offline(tmp_path):
     """No mock: huggingface_hub itself with HF_HUB_OFFLINE=1 (it reads that at import, hence a subprocess)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "HF_TOKEN": FAKE_TOKEN}
     result = subprocess.run(
-        [sys.executable, "-m", "tts_lib.download", "model", "--dest", str(tmp_path / "m")],
+        [sys.executable, "-m", "tts_lib.launch.download", "model", "--dest", str(tmp_path / "m")],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 3, result.stderr
@@ -201,7 +201,7 @@ def test_other_dataset_is_downloaded_as_it_is(calls, tmp_path):
 
 
 def test_metric_models_go_to_the_hub_cache_and_failures_say_why(calls, tmp_path):
-    from tts_lib.quality_metrics import ASR_MODEL, SPEAKER_MODEL
+    from tts_lib.listening.quality_metrics import ASR_MODEL, SPEAKER_MODEL
 
     calls.effect = lambda **kw: str(tmp_path)
     assert download.download_metric_models() == [ASR_MODEL, SPEAKER_MODEL]

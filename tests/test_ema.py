@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from tts_lib.ema import EMA, decay_at
+from tts_lib.training.ema import EMA, decay_at
 
 
 def tiny(seed: int = 0, frozen: bool = True) -> nn.Module:

@@ -5,9 +5,8 @@ import types
 import pytest
 import torch
 
-from tts_lib import env_check
-from tts_lib.env_check import check_environment, format_environment
-from tts_lib.models import load_family
+from tts_lib.launch import env_check
+from tts_lib.launch.env_check import check_environment, format_environment
 
 
 @pytest.fixture
@@ -73,35 +72,3 @@ def test_no_bf16_warns(monkeypatch, tmp_path, real):
 def test_unknown_mode_is_refused(tmp_path, tiny):
     with pytest.raises(ValueError, match="quick_lora"):
         check_environment("lora", tiny, path=tmp_path)
-
-
-def test_auto_max_tokens_is_the_default_on_a_cpu(tiny):
-    family = load_family(tiny)
-    tokens, why = env_check.auto_max_tokens(family, True, torch.device("cpu"), False, None)
-    assert tokens == env_check.AUTO_MAX_TOKENS_CPU and "no GPU" in why
-
-
-@pytest.mark.parametrize("adapter", [True, False])
-def test_auto_max_tokens_is_the_largest_budget_the_plan_fits_in_the_free_memory(tiny, monkeypatch, adapter):
-    from tts_lib.memory_plan import TOKEN_STEP, plan_memory
-
-    family = load_family(tiny)
-    mode = "quick_lora" if adapter else "full"
-    peak = plan_memory(mode, 4 * TOKEN_STEP, False, "bf16", family.config).peak_gib
-    # Free memory that holds 4 steps' plan with the margin kept back, and not 5 steps' (the plan grows with tokens)
-    assert plan_memory(mode, 5 * TOKEN_STEP, False, "bf16", family.config).peak_gib > peak
-    free = peak / (1 - env_check.AUTO_MARGIN) * 1.0001
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int(free * 2**30), int(80 * 2**30)))
-    tokens, why = env_check.auto_max_tokens(family, adapter, torch.device("cuda"), False, torch.bfloat16)
-    assert tokens == 4 * TOKEN_STEP, why
-    assert f"{free:.1f} GiB free" in why and mode in why
-    # plenty of memory: capped
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int(10**6 * 2**30), int(10**6 * 2**30)))
-    tokens, why = env_check.auto_max_tokens(family, adapter, torch.device("cuda"), False, torch.bfloat16)
-    assert tokens == env_check.AUTO_MAX_TOKENS_CAP and "the cap" in why
-
-
-def test_auto_max_tokens_refuses_a_gpu_too_small_for_the_smallest_budget(tiny, monkeypatch):
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**20, 2**30))
-    with pytest.raises(ValueError, match="needs .* GiB at max_tokens 256"):
-        env_check.auto_max_tokens(load_family(tiny), True, torch.device("cuda"), False, torch.bfloat16)

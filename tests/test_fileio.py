@@ -2,7 +2,7 @@
 
 import pytest
 
-from tts_lib.fileio import atomic_folder
+from tts_lib.common.fileio import atomic_folder
 
 
 def test_a_folder_appears_only_when_its_block_succeeds(tmp_path):

@@ -15,13 +15,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tts_lib.adapters import AdapterConfig
-from tts_lib.finetune import FinetuneConfig, run_finetune
-from tts_lib.lineage import read_metadata
-from tts_lib.manifest import read_manifest
+from tts_lib.data.manifest import read_manifest
 from tts_lib.models import load_family
 from tts_lib.models.fish_speech.lm import FishSpeechLM
 from tts_lib.models.fish_speech.tiny import make_tiny_checkpoint
+from tts_lib.training.adapters import AdapterConfig
+from tts_lib.versions.finetune import FinetuneConfig, run_finetune
+from tts_lib.versions.lineage import read_metadata
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "data" / "demo"
@@ -188,7 +188,7 @@ def test_rerunning_an_interrupted_run_ends_with_the_same_weights(world, v1, tmp_
 
 def loralib_checkpoint(base: Path, path: Path) -> Path:
     """An upstream-style Lightning checkpoint: base weights + loralib lora_A/lora_B (r 8) under `model.`."""
-    from tts_lib.adapters import add_adapters
+    from tts_lib.training.adapters import add_adapters
 
     model = load_family(base).load_model()
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -218,7 +218,7 @@ def test_an_upstream_lora_checkpoint_is_imported_and_continued(world):
 
 
 def test_parent_kinds_are_detected(world, v1):
-    from tts_lib.parents import resolve_start
+    from tts_lib.versions.parents import resolve_start
 
     base = world["base"]
     args = (world["project"], base, load_family(base).identity(), "quick_lora", AdapterConfig(lora_dropout=0.0), "auto")
@@ -247,7 +247,7 @@ def test_a_failed_start_locks_nothing(world, v1):
 
 
 def test_a_started_run_refuses_other_settings_naming_the_setting_to_change(world, v1):
-    from tts_lib.finetune import lock_run, plan_finetune
+    from tts_lib.versions.finetune import lock_run, plan_finetune
 
     lock_run(plan_finetune(config(world, "pinned", estimate_steps=0)))  # training started, then stopped
     with pytest.raises(ValueError, match="mode: was 'quick_lora', now 'full'.*set output_dir to a new folder"):
@@ -257,7 +257,7 @@ def test_a_started_run_refuses_other_settings_naming_the_setting_to_change(world
 
 
 def test_the_estimate_is_measured_again_when_the_settings_change(world, v1):
-    from tts_lib.finetune import plan_finetune
+    from tts_lib.versions.finetune import plan_finetune
 
     first = plan_finetune(config(world, "estimates"))
     assert plan_finetune(config(world, "estimates")).estimate == first.estimate  # kept for the same settings
@@ -280,9 +280,9 @@ def test_base_model_names_work_in_the_cli(world, tmp_path, monkeypatch):
 
 def test_codes_are_extracted_on_the_training_device(world, monkeypatch):
     """With a GPU, the codec runs on it (not on the CPU while the rented GPU idles): the device reaches codec_spec."""
-    from tts_lib import cost
-    from tts_lib.finetune import plan_finetune
     from tts_lib.models.fish_speech.family import FishSpeechFamily
+    from tts_lib.versions import cost
+    from tts_lib.versions.finetune import plan_finetune
 
     asked = []
     original = FishSpeechFamily.codec_spec
@@ -303,7 +303,7 @@ def test_codes_are_extracted_on_the_training_device(world, monkeypatch):
 
 
 def test_auto_max_tokens_is_pinned_with_the_run(world, capsys):
-    from tts_lib.finetune import resolve_auto_tokens
+    from tts_lib.versions.finetune import resolve_auto_tokens
 
     family = load_family(world["base"])
     config = FinetuneConfig(base_model=str(world["base"]))

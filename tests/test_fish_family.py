@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from tts_lib.codes_cache import extract_codes
-from tts_lib.ingest import ingest
+from tts_lib.data.codes_cache import extract_codes
+from tts_lib.data.ingest import ingest
 from tts_lib.models import load_family
 from tts_lib.models.fish_speech.tiny import make_tiny_checkpoint
 

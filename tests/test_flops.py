@@ -2,9 +2,9 @@
 
 import pytest
 
-from tts_lib import flops
-from tts_lib.memory_plan import ITEM_TOKENS
 from tts_lib.models.fish_speech.config import FishSpeechConfig
+from tts_lib.training import flops
+from tts_lib.training.memory_plan import ITEM_TOKENS
 
 SMALL = FishSpeechConfig(
     vocab_size=8192, n_layer=2, n_head=4, n_local_heads=2, dim=64, head_dim=16, intermediate_size=192,

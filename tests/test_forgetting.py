@@ -5,9 +5,9 @@ import shutil
 
 import torch
 
-from tts_lib.forgetting import check_forgetting, forgetting_report, format_forgetting, split_items
-from tts_lib.manifest import read_manifest, write_manifest
-from tts_lib.parents import Start
+from tts_lib.data.manifest import read_manifest, write_manifest
+from tts_lib.listening.forgetting import check_forgetting, forgetting_report, format_forgetting, split_items
+from tts_lib.versions.parents import Start
 
 
 def parent_and_items(prepared, tmp_path):

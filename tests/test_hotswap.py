@@ -7,9 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tts_lib.adapters import PEFT_WEIGHTS, SIDECAR, AdapterConfig, add_adapters, save_adapter
-from tts_lib.hotswap import AdapterBank
 from tts_lib.models import load_family
+from tts_lib.training.adapters import PEFT_WEIGHTS, SIDECAR, AdapterConfig, add_adapters, save_adapter
+from tts_lib.versions.hotswap import AdapterBank
 
 
 def tokens(family, seed=0):

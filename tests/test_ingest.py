@@ -5,8 +5,8 @@ import pytest
 import soundfile as sf
 from conftest import audio_bytes, write_audio
 
-from tts_lib.ingest import ingest
-from tts_lib.manifest import Item, Origin, write_manifest
+from tts_lib.data.ingest import ingest
+from tts_lib.data.manifest import Item, Origin, write_manifest
 
 SR = 16000
 

@@ -5,8 +5,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import audio_bytes, write_audio
 
-from tts_lib.ingest import ingest
-from tts_lib.manifest import Origin
+from tts_lib.data.ingest import ingest
+from tts_lib.data.manifest import Origin
 
 SR = 16000
 

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from tts_lib import lineage
 from tts_lib.cli import main
+from tts_lib.versions import lineage
 
 
 def meta(name: str, number: int, parent: str | None = None, project=None, **extra) -> dict:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tts_lib.listening import EVAL_SENTENCES, players_html, players_page, render_versions, synthesize
+from tts_lib.listening.players import EVAL_SENTENCES, players_html, players_page, render_versions, synthesize
 from tts_lib.models import load_family
 from tts_lib.models.fish_speech.tiny import make_tiny_checkpoint
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tts_lib.live_plot import LossPlot
+from tts_lib.training.live_plot import LossPlot
 
 
 class FakeClock:

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from tts_lib.manifest import Item, Origin, read_manifest, write_manifest
+from tts_lib.data.manifest import Item, Origin, read_manifest, write_manifest
 
 
 def test_roundtrip_with_relative_paths(tmp_path):

@@ -1,5 +1,5 @@
 """One source for memory figures: launchable.yaml, setup.sh (through launchable), the README and docs/benchmarks.md
-agree with tts_lib/memory_needs.json, which agrees with what the memory plan traces today (slow)."""
+agree with tts_lib/training/memory_needs.json, which agrees with what the memory plan traces today (slow)."""
 
 import math
 from pathlib import Path
@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tts_lib import memory_needs
-from tts_lib.cost import GPU_TABLE
+from tts_lib.training import memory_needs
+from tts_lib.versions.cost import GPU_TABLE
 
 ROOT = Path(__file__).resolve().parent.parent
 FIX = "run python benchmarks/memory_table.py --write and copy the figures where they are not generated"
@@ -57,7 +57,7 @@ def test_a_missing_block_is_named():
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["quick_lora", "full"])
 def test_the_stored_plans_are_what_the_plan_traces_today(mode):
-    from tts_lib.memory_plan import plan_memory
+    from tts_lib.training.memory_plan import plan_memory
 
     traced = plan_memory(mode, memory_needs.DEFAULT_TOKENS).peak_gib
     assert traced == pytest.approx(memory_needs.peak_gib(mode), abs=0.01), FIX

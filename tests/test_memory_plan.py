@@ -8,10 +8,10 @@ import torch
 from torch import nn
 from torch._subclasses import FakeTensorMode
 
-from tts_lib import memory_plan as mp
 from tts_lib.models.fish_speech import loss as loss_module
 from tts_lib.models.fish_speech.config import FishSpeechConfig
 from tts_lib.models.fish_speech.loss import loss_parts
+from tts_lib.training import memory_plan as mp
 
 # S1-mini's layout at small widths; the vocabulary is large next to dim, as S1-mini's is.
 SMALL = dict(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tts_lib.notebook_setup import DISPLAY_NAME, KERNEL_NAME, STRIP_KEYS, install_git_filter, install_kernel
+from tts_lib.launch.notebook_setup import DISPLAY_NAME, KERNEL_NAME, STRIP_KEYS, install_git_filter, install_kernel
 
 ROOT = Path(__file__).resolve().parent.parent
 

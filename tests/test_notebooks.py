@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from tts_lib.demo import ipc_kernel_manager
-from tts_lib.listening import EVAL_SENTENCES
+from tts_lib.launch.demo import ipc_kernel_manager
+from tts_lib.listening.players import EVAL_SENTENCES
 
 papermill = pytest.importorskip("papermill")
 
@@ -225,7 +225,7 @@ def test_run_all_with_no_parameter_changed_is_the_announced_demo(bundle_copy, tm
 
 def test_run_all_trains_what_setup_prepared(bundle_copy, tmp_path):
     """setup.sh given a model and a dataset outside the bundle; Run All with defaults trains on exactly those."""
-    from tts_lib.codes_cache import checkpoint_hash
+    from tts_lib.common.fileio import checkpoint_hash
     from tts_lib.models.fish_speech.tiny import make_tiny_checkpoint
 
     model = make_tiny_checkpoint(tmp_path / "elsewhere" / "fi-model", seed=5)

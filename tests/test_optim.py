@@ -5,7 +5,7 @@ import torch
 
 from tts_lib.models.fish_speech.config import FishSpeechConfig
 from tts_lib.models.fish_speech.lm import FishSpeechLM
-from tts_lib.optim import OptimConfig, clip_gradients, layer_index, make_optimizer, param_groups, param_kind
+from tts_lib.training.optim import OptimConfig, clip_gradients, layer_index, make_optimizer, param_groups, param_kind
 
 TINY = dict(
     vocab_size=1024, n_layer=2, n_head=4, n_local_heads=2, dim=64, head_dim=16, intermediate_size=128,

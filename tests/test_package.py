@@ -7,11 +7,11 @@ import tarfile
 
 import pytest
 
-from tts_lib.adapters import AdapterConfig, add_adapters, save_adapter
-from tts_lib.lineage import write_metadata
 from tts_lib.models import load_family
 from tts_lib.models.fish_speech.lm import FishSpeechLM
-from tts_lib.package import CARD_FILE, model_card, package_version
+from tts_lib.training.adapters import AdapterConfig, add_adapters, save_adapter
+from tts_lib.versions.lineage import write_metadata
+from tts_lib.versions.package import CARD_FILE, model_card, package_version
 
 META = {
     "version": "fi-v2", "number": 2, "mode": "quick_lora",
@@ -117,7 +117,7 @@ def test_outputs_outside_the_version_are_refused(version, tmp_path):
 
 
 def test_every_model_folder_gets_the_card_as_readme_and_the_archive_holds_it(version):
-    from tts_lib.package import README_FILE, write_model_cards
+    from tts_lib.versions.package import README_FILE, write_model_cards
 
     forgetting = {"metric": "val_codebook_loss", "margin": 0.05, "flagged": True, "note": "rose +9.0%",
                   "old_data": {"before": 2.0, "after": 2.18, "change": 0.18, "items": 3},
@@ -138,8 +138,8 @@ def test_every_model_folder_gets_the_card_as_readme_and_the_archive_holds_it(ver
 
 
 def test_measured_quality_reaches_metadata_cards_and_package(version):
-    from tts_lib.lineage import read_metadata
-    from tts_lib.package import record_quality
+    from tts_lib.versions.lineage import read_metadata
+    from tts_lib.versions.package import record_quality
 
     archive = package_version(version)
     assert record_quality(version, {"available": False, "reason": "offline"}) is None

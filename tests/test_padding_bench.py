@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tts_lib.padding_bench import add_arguments, padding_efficiency, random_batches, read_durations, run
-from tts_lib.sampler import LengthBucketedBatchSampler, frames_for_duration
+from tts_lib.data.padding_bench import add_arguments, padding_efficiency, random_batches, read_durations, run
+from tts_lib.data.sampler import LengthBucketedBatchSampler, frames_for_duration
 
 BENCH_FILE = Path(__file__).resolve().parents[1] / "benchmarks" / "durations_ljspeech_like.txt"
 

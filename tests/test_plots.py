@@ -5,9 +5,9 @@ import pytest
 from conftest import write_audio
 from PIL import Image
 
-from tts_lib.manifest import Item
-from tts_lib.plots import plot_dataset, plot_training
-from tts_lib.validate import validate_items
+from tts_lib.data.manifest import Item
+from tts_lib.data.validate import validate_items
+from tts_lib.listening.plots import plot_dataset, plot_training
 
 
 def test_dataset_plot_is_a_nonempty_image(tmp_path):

@@ -5,9 +5,9 @@ import json
 
 from conftest import write_audio
 
+from tts_lib.data.prepare import prepare_dataset
 from tts_lib.models import load_family
 from tts_lib.models.fish_speech.tiny import make_tiny_checkpoint
-from tts_lib.prepare import prepare_dataset
 
 
 def test_prepare_with_the_family_finds_an_item_too_long_for_the_model(tmp_path):

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tts_lib import quality_metrics as qm
-from tts_lib.quality_metrics import (
+from tts_lib.listening import quality_metrics as qm
+from tts_lib.listening.quality_metrics import (
     character_error_rate,
     evaluate_versions,
     format_metrics,
@@ -95,7 +95,7 @@ def test_the_speaker_encoder_loads_a_local_xvector_model_and_a_clip_matches_itse
     """A tiny random WavLM x-vector model in transformers' folder layout stands in for wavlm-base-plus-sv:
     the loader, the resampling and the embedding call run for real; a clip's similarity to itself is 1."""
     transformers = pytest.importorskip("transformers")
-    from tts_lib.quality_metrics import load_speaker_encoder, speaker_similarity
+    from tts_lib.listening.quality_metrics import load_speaker_encoder, speaker_similarity
 
     config = transformers.WavLMConfig(
         hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
@@ -119,7 +119,7 @@ def test_the_asr_loader_runs_a_local_transformers_model(tmp_path):
     import json
 
     transformers = pytest.importorskip("transformers")
-    from tts_lib.quality_metrics import load_asr
+    from tts_lib.listening.quality_metrics import load_asr
 
     folder = tmp_path / "ctc"
     folder.mkdir()

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from tts_lib.sampler import FRAME_RATE, LengthBucketedBatchSampler, frames_for_duration
+from tts_lib.data.sampler import FRAME_RATE, LengthBucketedBatchSampler, frames_for_duration
 
 
 def random_lengths(n: int, seed: int, low: int = 20, high: int = 220) -> list[int]:

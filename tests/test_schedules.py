@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from tts_lib.schedules import ScheduleConfig, lr_multiplier, make_scheduler
+from tts_lib.training.schedules import ScheduleConfig, lr_multiplier, make_scheduler
 
 
 def values(config: ScheduleConfig, total: int) -> list[float]:

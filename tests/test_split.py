@@ -1,8 +1,8 @@
 import random
 from collections import Counter
 
-from tts_lib.manifest import Item
-from tts_lib.split import SplitConfig, assign_splits, split_score
+from tts_lib.data.manifest import Item
+from tts_lib.data.split import SplitConfig, assign_splits, split_score
 
 
 def make_items(speakers: dict[str, int], prefix: str = "") -> list[Item]:

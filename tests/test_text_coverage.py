@@ -1,4 +1,4 @@
-from tts_lib.text_coverage import coverage_by_script, script_of, script_runs
+from tts_lib.data.text_coverage import coverage_by_script, script_of, script_runs
 
 
 class CharEncoder:

@@ -1,4 +1,4 @@
-"""The README's and launchable.yaml's time and cost figures: generated from counted FLOPs (tts_lib/time_table.py),
+"""The README's and launchable.yaml's time and cost figures: generated from counted FLOPs (versions/time_table.py),
 current, with the steps finetune recommends and the time the pre-training estimator computes from FLOPs."""
 
 from pathlib import Path
@@ -6,8 +6,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tts_lib import finetune, memory_needs, time_table
-from tts_lib.cost import ASSUMED_MFU, GPU_TABLE
+from tts_lib.training import memory_needs
+from tts_lib.training.flops import ASSUMED_MFU
+from tts_lib.versions import finetune, time_table
+from tts_lib.versions.cost import GPU_TABLE
 
 ROOT = Path(__file__).resolve().parent.parent
 FIX = "run python benchmarks/memory_table.py --tables-only"
@@ -52,8 +54,9 @@ def test_a_faster_gpu_is_shown_faster_and_the_lora_phase_cheaper_per_token():
 
 @pytest.mark.slow
 def test_the_table_is_what_the_estimator_computes_from_flops_counted_today():
-    """The same hours as tts_lib.flops.estimate_hours, which counts S1-mini's FLOPs now (not the stored count)."""
-    from tts_lib.flops import estimate_hours
+    """The same hours as tts_lib.training.flops.estimate_hours, which counts S1-mini's FLOPs now (not the stored
+    count)."""
+    from tts_lib.training.flops import estimate_hours
 
     gpu = GPU_TABLE["A100-80GB"]
     ((_, steps),) = time_table.phases("full")

@@ -16,14 +16,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tts_lib import checkpoints as ckpt
-from tts_lib.adapters import AdapterConfig
-from tts_lib.config_io import save_config
-from tts_lib.distributed import Dist
-from tts_lib.manifest import read_manifest, write_manifest
+from tts_lib.common.config_io import save_config
+from tts_lib.data.manifest import read_manifest, write_manifest
 from tts_lib.models import load_family
-from tts_lib.train import MIN_LOSS_SCALE, TrainingLoss, backward_update, is_overflow_skip, load_samples, train
-from tts_lib.train_config import TrainConfig
+from tts_lib.training import checkpoints as ckpt
+from tts_lib.training.adapters import AdapterConfig
+from tts_lib.training.distributed import Dist
+from tts_lib.training.train import MIN_LOSS_SCALE, TrainingLoss, backward_update, is_overflow_skip, load_samples, train
+from tts_lib.training.train_config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -111,7 +111,7 @@ def test_sigterm_saves_and_exits_cleanly(prepared, tmp_path):
 
 
 def test_non_finite_updates_are_skipped_then_stop_the_run(prepared, tmp_path, monkeypatch, capsys):
-    import tts_lib.train as train_module
+    import tts_lib.training.train as train_module
 
     real = train_module.load_family
 
@@ -169,7 +169,7 @@ def logged(run_dir: Path, key: str) -> list[float]:
 
 @pytest.mark.slow
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(prepared, tmp_path):
-    from tts_lib.sampler import LengthBucketedBatchSampler
+    from tts_lib.data.sampler import LengthBucketedBatchSampler
 
     steps = 2  # within one epoch: at an epoch's end DDP pads with a repeated batch, one process does not
     assert len(LengthBucketedBatchSampler(train_lengths(prepared), 256).global_batches(0)) >= 2 * steps
@@ -196,7 +196,7 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(prepare
 
 @pytest.mark.slow
 def test_fsdp_two_processes_match_one_process_and_resume(prepared, tmp_path):
-    from tts_lib.sampler import LengthBucketedBatchSampler
+    from tts_lib.data.sampler import LengthBucketedBatchSampler
 
     assert len(LengthBucketedBatchSampler(train_lengths(prepared), 160).global_batches(0)) >= 2 * 3
     settings = dict(max_tokens=160, val_every=2, save_every=1, keep_last=5)
@@ -261,9 +261,9 @@ def test_compiled_steps_train_and_save_the_plain_model(prepared, tmp_path):
 def test_the_final_model_holds_the_best_or_the_last_weights(
     prepared, tmp_path, monkeypatch, final_weights, expected_step
 ):
-    import tts_lib.train as engine
-    from tts_lib.checkpoints import load_checkpoint
+    import tts_lib.training.train as engine
     from tts_lib.models.fish_speech.checkpoint import load_state_dict_file
+    from tts_lib.training.checkpoints import load_checkpoint
 
     scripted = iter([1.0, 0.5, 0.9])  # validations at steps 2, 4, 6: step 4 is the best
 
@@ -284,7 +284,7 @@ def test_the_final_model_holds_the_best_or_the_last_weights(
 
 
 def test_best_weights_are_kept_apart_and_only_the_latest_checkpoints_are_resumable(prepared, tmp_path, monkeypatch):
-    import tts_lib.train as engine
+    import tts_lib.training.train as engine
 
     scripted = iter([1.0, 0.5, 0.9])  # validations at steps 2, 4, 6: step 4 is the best
 
@@ -360,7 +360,7 @@ def test_overflow_skip_decision():
 
 def inject_inf_gradients(monkeypatch, updates: int) -> None:
     """The backward of the first `updates` training micro-batches starts from inf gradients."""
-    import tts_lib.train as engine
+    import tts_lib.training.train as engine
 
     real = engine.load_family
     seen = {"backward": 0}

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tts_lib.train_log import PROGRESS_ENV, TrainLog, detect_interactive
+from tts_lib.training.train_log import PROGRESS_ENV, TrainLog, detect_interactive
 
 
 class FakeClock:

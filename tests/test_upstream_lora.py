@@ -9,10 +9,10 @@ import torch
 from safetensors.torch import load_file
 from upstream import upstream_fish_speech
 
-from tts_lib.adapters import PEFT_WEIGHTS, SIDECAR, adapter_config_of, load_adapted, merge
 from tts_lib.models import load_family
 from tts_lib.models.fish_speech.checkpoint import MODEL_FILE, load_state_dict_file, merge_loralib_lora
-from tts_lib.upstream_lora import import_upstream_lora, is_upstream_lora
+from tts_lib.training.adapters import PEFT_WEIGHTS, SIDECAR, adapter_config_of, load_adapted, merge
+from tts_lib.versions.upstream_lora import import_upstream_lora, is_upstream_lora
 
 R, ALPHA = 4, 8  # not upstream's 8/16, so a default silently used instead would show
 TOL = 1e-5

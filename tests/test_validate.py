@@ -6,11 +6,11 @@ import soundfile as sf
 import torch
 from conftest import tone, write_audio
 
-from tts_lib.manifest import Item, Origin
+from tts_lib.data.manifest import Item, Origin
+from tts_lib.data.validate import ValidationConfig, invalid_indices, validate_items, validate_path
 from tts_lib.models import load_family
 from tts_lib.models.fish_speech.tiny import make_tiny_checkpoint
 from tts_lib.models.fish_speech.tokenizer import FishTokenizer
-from tts_lib.validate import ValidationConfig, invalid_indices, validate_items, validate_path
 
 
 def item(path, text="Hyvää huomenta kaikille", speaker="a", id=None):

@@ -3,9 +3,9 @@ import json
 import pytest
 from conftest import write_audio
 
-from tts_lib.manifest import Item, Origin, read_manifest
-from tts_lib.validate import ValidationConfig, validate_items, validate_path
-from tts_lib.validation_report import format_report, report_json, write_cleaned
+from tts_lib.data.manifest import Item, Origin, read_manifest
+from tts_lib.data.validate import ValidationConfig, validate_items, validate_path
+from tts_lib.data.validation_report import format_report, report_json, write_cleaned
 
 
 @pytest.fixture

@@ -6,12 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from tts_lib import demo, notebook_setup, padding_bench
-from tts_lib.ingest import FORMATS, ingest
-from tts_lib.manifest import read_manifest, write_manifest
-from tts_lib.split import SplitConfig, assign_splits
-from tts_lib.validate import ValidationConfig, validate_items
-from tts_lib.validation_report import format_report, report_json, write_cleaned
+from tts_lib.data import padding_bench
+from tts_lib.data.ingest import FORMATS, ingest
+from tts_lib.data.manifest import read_manifest, write_manifest
+from tts_lib.data.split import SplitConfig, assign_splits
+from tts_lib.data.validate import ValidationConfig, validate_items
+from tts_lib.data.validation_report import format_report, report_json, write_cleaned
+from tts_lib.launch import demo, notebook_setup
 
 
 def add_ingest_options(p: argparse.ArgumentParser) -> None:
@@ -88,7 +89,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         encoder = FishTokenizer.from_dir(args.tokenizer)
     family = None
     if args.base_model:  # also: does every item fit this model's max_seq_len?
-        from tts_lib.bundle import resolve_base_model
+        from tts_lib.launch.bundle import resolve_base_model
         from tts_lib.models import load_family
 
         family = load_family(resolve_base_model(args.base_model))
@@ -115,10 +116,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_extract_codes(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from tts_lib.bundle import resolve_base_model
-    from tts_lib.codes_cache import extract_codes
-    from tts_lib.env_check import pick_device
+    from tts_lib.data.codes_cache import extract_codes
+    from tts_lib.launch.bundle import resolve_base_model
     from tts_lib.models import load_family
+    from tts_lib.training.device import pick_device
 
     device = pick_device(args.device)
     items = read_manifest(args.manifest)
@@ -142,9 +143,9 @@ def cmd_extract_codes(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from tts_lib.config_io import apply_overrides, load_config
-    from tts_lib.train import train
-    from tts_lib.train_config import TrainConfig
+    from tts_lib.common.config_io import apply_overrides, load_config
+    from tts_lib.training.train import train
+    from tts_lib.training.train_config import TrainConfig
 
     config = apply_overrides(load_config(TrainConfig, args.config), args.set or [])
     result = train(config)
@@ -174,8 +175,8 @@ FINETUNE_FLAGS = {
 def cmd_finetune(args: argparse.Namespace) -> int:
     import json
 
-    from tts_lib.config_io import apply_overrides, load_config
-    from tts_lib.finetune import FinetuneConfig, run_finetune
+    from tts_lib.common.config_io import apply_overrides, load_config
+    from tts_lib.versions.finetune import FinetuneConfig, run_finetune
 
     config = load_config(FinetuneConfig, args.config) if args.config else FinetuneConfig()
     flags = [f"{key}={json.dumps(getattr(args, name))}" for name, key in FINETUNE_FLAGS.items()
@@ -198,8 +199,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     import torch
 
-    from tts_lib.bundle import resolve_base_model
-    from tts_lib.export import export_adapter, merge_adapter_folder
+    from tts_lib.launch.bundle import resolve_base_model
+    from tts_lib.versions.export import export_adapter, merge_adapter_folder
 
     if args.adapter_only:
         print(f"adapter exported to {export_adapter(args.adapter, args.out, args.overwrite)}")
@@ -213,8 +214,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_import_lora(args: argparse.Namespace) -> int:
-    from tts_lib.bundle import resolve_base_model
-    from tts_lib.upstream_lora import import_upstream_lora
+    from tts_lib.launch.bundle import resolve_base_model
+    from tts_lib.versions.upstream_lora import import_upstream_lora
 
     base = resolve_base_model(args.base_model)
     out = import_upstream_lora(args.checkpoint, base, args.out, args.lora_alpha, overwrite=args.overwrite)
@@ -223,7 +224,7 @@ def cmd_import_lora(args: argparse.Namespace) -> int:
 
 
 def cmd_versions(args: argparse.Namespace) -> int:
-    from tts_lib import lineage
+    from tts_lib.versions import lineage
 
     if args.action == "compare":
         a, b = (lineage.read_metadata(lineage.resolve_version(args.project, v)) for v in (args.a, args.b))
@@ -252,7 +253,7 @@ def cmd_gpu_check(args: argparse.Namespace) -> int:
 
 
 def cmd_memory_plan(args: argparse.Namespace) -> int:
-    from tts_lib import memory_plan  # imports torch: only when asked
+    from tts_lib.training import memory_plan  # imports torch: only when asked
 
     return memory_plan.run(args)
 
@@ -293,12 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_extract_codes)
 
     p = sub.add_parser("train", help="fine-tune: the training loop (resumes from the run folder's latest checkpoint)")
-    p.add_argument("--config", required=True, help="YAML file of TrainConfig fields (tts_lib/train_config.py)")
+    p.add_argument("--config", required=True, help="YAML file of TrainConfig fields (tts_lib/training/train_config.py)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. optim.lr=1e-5")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("finetune", help="one fine-tune start to finish: data, estimate, train, merge, export, lineage")
-    p.add_argument("--config", help="YAML file of FinetuneConfig fields (tts_lib/finetune.py); flags override it")
+    p.add_argument("--config", help="YAML file of FinetuneConfig fields (versions/finetune.py); flags override it")
     p.add_argument("--mode", choices=["quick_lora", "full", "two_phase"])
     p.add_argument("--base-model", help="auto | tiny-demo | openaudio-s1-mini | a model folder (upstream layout); "
                    "with --parent: the parent's (README: base-model names)")

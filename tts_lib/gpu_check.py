@@ -24,15 +24,16 @@ from pathlib import Path
 
 import torch
 
-from tts_lib import cost, flops, memory_plan
-from tts_lib.adapters import AdapterConfig, add_adapters
 from tts_lib.models import load_family
 from tts_lib.models.fish_speech.codec import FishCodec, FishCodecConfig
 from tts_lib.models.fish_speech.config import FishSpeechConfig
 from tts_lib.models.fish_speech.generate import generate
 from tts_lib.models.fish_speech.loss import loss_parts
 from tts_lib.models.fish_speech.tiny import make_tiny_checkpoint
-from tts_lib.optim import OptimConfig, make_optimizer
+from tts_lib.training import flops, memory_plan
+from tts_lib.training.adapters import AdapterConfig, add_adapters
+from tts_lib.training.optim import OptimConfig, make_optimizer
+from tts_lib.versions import cost
 
 DEMO = Path(__file__).resolve().parent.parent / "data" / "demo"
 
@@ -108,8 +109,8 @@ def generation_speed(config: FishSpeechConfig, device, precision: str, frames: i
 def merge_check(folder: Path, out: Path) -> dict:
     """The bf16 merge check on the tiny model saved in bf16 (as S1-mini ships): a trained-looking adapter must
     survive the export, and the check must say by how much."""
-    from tts_lib.export import export_merged
     from tts_lib.models.fish_speech.checkpoint import MODEL_FILE, load_state_dict_file
+    from tts_lib.versions.export import export_merged
 
     state = load_state_dict_file(folder / MODEL_FILE)
     torch.save({k: v.to(torch.bfloat16) for k, v in state.items()}, folder / MODEL_FILE)
@@ -127,12 +128,12 @@ def merge_check(folder: Path, out: Path) -> dict:
 
 def two_process_training(folder: Path, work: Path, backend_device: str) -> dict:
     """The real loop (`python -m tts_lib train`) for two steps in two processes under torchrun."""
-    from tts_lib.codes_cache import extract_codes
-    from tts_lib.config_io import save_config
-    from tts_lib.ingest import ingest
-    from tts_lib.manifest import write_manifest
-    from tts_lib.split import assign_splits
-    from tts_lib.train_config import TrainConfig
+    from tts_lib.common.config_io import save_config
+    from tts_lib.data.codes_cache import extract_codes
+    from tts_lib.data.ingest import ingest
+    from tts_lib.data.manifest import write_manifest
+    from tts_lib.data.split import assign_splits
+    from tts_lib.training.train_config import TrainConfig
 
     items = [i for i in ingest(DEMO).items if i.speaker == "fi_female"][:6]
     assign_splits(items)

@@ -9,8 +9,23 @@ XTTS v2, IndexTTS2) plugs in without touching them.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+
+@dataclass
+class CodecSpec:
+    """What a family's codec gives the features cache (tts_lib.data.codes_cache): a batched encoder and what
+    identifies its output."""
+
+    encode_batch: Callable[[list[Any]], list[Any]]  # waves (numpy) -> codes (numpy)
+    sample_rate: int  # Hz the codec expects
+    num_codebooks: int
+    frame_rate: float  # frames per second, to check reused upstream files
+    checkpoint_hash: str  # identifies the codec weights: part of every cache key
+    device: str = "cpu"  # where encode_batch runs, for the log
 
 
 class ModelFamily(Protocol):
@@ -19,7 +34,7 @@ class ModelFamily(Protocol):
 
     def load_model(self, device: Any = "cpu", dtype: Any = None) -> Any: ...
     def identity(self) -> dict[str, str]: ...  # {"id": name, "hash": sha256 of the weights}
-    def codec_spec(self, device: Any = "cpu") -> Any: ...  # tts_lib.codes_cache.CodecSpec
+    def codec_spec(self, device: Any = "cpu") -> CodecSpec: ...
     def build_sample(self, text: str, codes: Any) -> Any: ...
     def collate(self, samples: list[Any]) -> dict[str, Any]: ...
     def loss_parts(self, model: Any, batch: dict[str, Any]) -> Any: ...  # sums and counts

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tts_lib.fileio import atomic_write_with
+from tts_lib.common.fileio import atomic_write_with
 from tts_lib.models.fish_speech.config import CONFIG_FILE, FishSpeechConfig
 
 MODEL_FILE = "model.pth"

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tts_lib.fileio import atomic_write_text
+from tts_lib.common.fileio import atomic_write_text
 from tts_lib.models.fish_speech.codec_checkpoint import load_codec, save_codec
 from tts_lib.models.fish_speech.codec_layers import Decoder, Encoder
 from tts_lib.models.fish_speech.codec_quantizer import DownsampleQuantizer

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tts_lib.fileio import atomic_write_text
+from tts_lib.common.fileio import atomic_write_text
 
 CONFIG_FILE = "config.json"
 SUPPORTED_MODEL_TYPE = "dual_ar"

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tts_lib.codes_cache import CodecSpec, checkpoint_hash
-from tts_lib.fileio import atomic_copy
+from tts_lib.common.fileio import atomic_copy, checkpoint_hash
+from tts_lib.models import CodecSpec
 from tts_lib.models.fish_speech.checkpoint import MODEL_FILE
 from tts_lib.models.fish_speech.codec import CODEC_CONFIG_FILE, FishCodec, FishCodecConfig
 from tts_lib.models.fish_speech.config import CONFIG_FILE, FishSpeechConfig
@@ -46,16 +46,16 @@ class FishSpeechFamily:
     def max_tokens_for(
         self, mode: str, free_gib: float, margin: float, gradient_checkpointing: bool, precision: str, cap: int
     ) -> int:
-        """The largest max_tokens, at most `cap`, whose traced training step (tts_lib.memory_plan, this model's
+        """The largest max_tokens, at most `cap`, whose traced training step (tts_lib.training.memory_plan, this model's
         shape on fake tensors) fits `free_gib` less `margin`."""
-        from tts_lib.memory_plan import max_tokens_for
+        from tts_lib.training.memory_plan import max_tokens_for
 
         return max_tokens_for(mode, free_gib, margin, gradient_checkpointing, precision, self.config, cap)
 
     def flops_per_token(self, mode: str, gradient_checkpointing: bool = False) -> float:
         """Training FLOPs (forward + backward) per supervised token of this model in `mode` (quick_lora or
-        full), counted by tts_lib.flops on fake tensors at this model's shape."""
-        from tts_lib.flops import flops_per_token
+        full), counted by tts_lib.training.flops on fake tensors at this model's shape."""
+        from tts_lib.training.flops import flops_per_token
 
         return flops_per_token(mode, gradient_checkpointing, self.config)
 

@@ -60,7 +60,7 @@ def loss_parts(model: FishSpeechLM, batch: dict[str, Tensor]) -> LossParts:
     _, hidden = model(tokens, head=False)  # (B, T, dim); the heads run in chunks below
     hidden = hidden.flatten(0, 1)  # (B*T, dim)
     # Integer positions, not boolean masks: their sizes come from the labels alone, so a trace with
-    # fake weights (tts_lib.memory_plan) knows every shape.
+    # fake weights (tts_lib.training.memory_plan) knows every shape.
     labels = labels.flatten()  # (B*T,)
     supervised = (labels != IGNORE).nonzero().squeeze(1)  # (S,)
     frames = ((labels >= model.semantic_begin_id) & (labels <= model.semantic_end_id)).nonzero().squeeze(1)  # (N,)

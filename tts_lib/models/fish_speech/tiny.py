@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from tts_lib.fileio import atomic_write_text
+from tts_lib.common.fileio import atomic_write_text
 from tts_lib.models.fish_speech.codec import CODEC_CONFIG_FILE, FishCodec, FishCodecConfig
 from tts_lib.models.fish_speech.config import FishSpeechConfig
 from tts_lib.models.fish_speech.lm import FishSpeechLM

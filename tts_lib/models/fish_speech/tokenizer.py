@@ -16,7 +16,7 @@ from pathlib import Path
 
 import tiktoken
 
-from tts_lib.fileio import atomic_write_bytes
+from tts_lib.common.fileio import atomic_write_bytes
 
 BPE_FILE = "tokenizer.tiktoken"
 SPECIALS_FILE = "special_tokens.json"
