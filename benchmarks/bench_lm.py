@@ -53,7 +53,7 @@ def upstream_llama():
     try:
         from fish_speech.models.text2semantic import llama
     except ImportError as e:
-        print(f"upstream fish-speech not importable ({e}); run tests/test_fish_parity.py once to install it")
+        print(f"upstream fish-speech not importable ({e}); run tests/models/test_fish_parity.py once to install it")
         return None
     return llama
 

@@ -5,9 +5,10 @@ gradient checkpointing off and on; the GiB at the peak by what holds them, and t
 token (`tts_lib.training.flops`) beside. Traced with fake tensors on the CPU, bf16: no GPU and no weights needed,
 about 15 s per row on 2 cores. Prints the table; --write stores the plans in tts_lib/training/memory_needs.json, the
 one source of every memory figure, and rewrites the generated tables of README.md and docs/benchmarks.md
-(tts_lib/training/memory_needs.py; tests/test_memory_needs.py checks env_check, launchable.yaml and setup.sh) and the
-time and cost blocks of README.md and launchable.yaml (tts_lib/versions/time_table.py). --tables-only rewrites the
-generated blocks from the stored plans without tracing again (after a change of prices or of the text).
+(tts_lib/training/memory_needs.py; tests/training/test_memory_needs.py checks env_check, launchable.yaml and
+setup.sh) and the time and cost blocks of README.md and launchable.yaml (tts_lib/versions/time_table.py).
+--tables-only rewrites the generated blocks from the stored plans without tracing again (after a change of
+prices or of the text).
 """
 
 from __future__ import annotations

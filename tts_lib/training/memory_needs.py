@@ -3,7 +3,7 @@
 The one source of every memory figure in the project. `tts_lib/training/memory_needs.json` holds the traced plans
 (`tts_lib.training.memory_plan`: S1-mini's shape on fake tensors, bf16; traced, not measured on a GPU) and is written
 only by that script; `env_check`, `launchable.yaml`, `setup.sh`, the README and `docs/benchmarks.md` take
-their figures from it, and tests/test_memory_needs.py fails when one of them drifts (and, slowly, when the
+their figures from it, and tests/training/test_memory_needs.py fails when one of them drifts (and, slowly, when the
 file no longer matches what the plan traces today).
 
 A mode's need is its plan's peak at the default max_tokens with 10% of the GPU left free (the CUDA

@@ -1,7 +1,7 @@
 """Training time and cost per mode, computed from counted FLOPs: python benchmarks/memory_table.py --write
 
 The README's time and cost table and launchable.yaml's `estimate` block are generated from here, and
-tests/test_time_table.py fails when either drifts. The arithmetic, stated so it can be checked:
+tests/versions/test_time_table.py fails when either drifts. The arithmetic, stated so it can be checked:
 
     hours = steps x max_tokens x supervised tokens per frame x FLOPs per supervised token
             / (dense bf16 TFLOPs of the GPU x ASSUMED_MFU) / 3600;  cost = hours x $/hour

@@ -31,7 +31,7 @@ from tts_lib.models.fish_speech.checkpoint import (
 )
 from tts_lib.models.fish_speech.config import CONFIG_FILE, FishSpeechConfig
 from tts_lib.models.fish_speech.layers import Block, BlockShape, KVCache, RMSNorm, rope_table
-from tts_lib.models.fish_speech.tokenizer import FishTokenizer
+from tts_lib.models.fish_speech.tokenizer import TOKENIZER_FILES, FishTokenizer
 
 # The fast transformer's batch is every frame of the batch. CUDA's fused attention kernels fail for a
 # batch of 2**16 or more (pytorch/pytorch#146704), so more frames than this run in chunks.
@@ -77,11 +77,19 @@ def fast_shape(c: FishSpeechConfig) -> BlockShape:
 
 
 class FishSpeechLM(nn.Module):
-    def __init__(self, config: FishSpeechConfig, semantic_begin_id: int, semantic_end_id: int | None = None) -> None:
+    def __init__(
+        self,
+        config: FishSpeechConfig,
+        semantic_begin_id: int,
+        semantic_end_id: int | None = None,
+        tokenizer: FishTokenizer | None = None,
+    ) -> None:
         """`semantic_begin_id`: the token id of `<|semantic:0|>` (the tokenizer's `semantic_ids[0]`);
-        `semantic_end_id` defaults to the last of codebook_size contiguous semantic ids."""
+        `semantic_end_id` defaults to the last of codebook_size contiguous semantic ids. `tokenizer`: the one
+        the model was trained with; save_pretrained writes it beside the weights, as upstream's does."""
         super().__init__()
         self.config = config
+        self.tokenizer = tokenizer  # a plain attribute: not a module, not in the state dict
         self.semantic_begin_id = semantic_begin_id
         if semantic_end_id is None:
             semantic_end_id = semantic_begin_id + config.codebook_size - 1
@@ -252,12 +260,13 @@ class FishSpeechLM(nn.Module):
         folder = Path(path)
         check_checkpoint_folder(folder)
         config = FishSpeechConfig.from_file(folder / CONFIG_FILE)
-        if semantic_begin_id is None:
+        tokenizer = None
+        if semantic_begin_id is None or all((folder / name).is_file() for name in TOKENIZER_FILES):
             tokenizer = FishTokenizer.from_dir(folder)
             check_tokenizer(config, tokenizer)
-            semantic_begin_id = tokenizer.semantic_ids[0]
+            semantic_begin_id = tokenizer.semantic_ids[0] if semantic_begin_id is None else semantic_begin_id
         with torch.device("meta"):
-            model = cls(config, semantic_begin_id)
+            model = cls(config, semantic_begin_id, tokenizer=tokenizer)
         state = load_state_dict_file(folder / MODEL_FILE)
         expected = {k: v.shape for k, v in model.state_dict().items()}
         check_state_dict(state, expected, config, str(folder / MODEL_FILE))
@@ -267,10 +276,18 @@ class FishSpeechLM(nn.Module):
         return model
 
     def save_pretrained(self, path: str | os.PathLike) -> Path:
-        """Write `config.json` + `model.pth` (a plain state dict, upstream layout), each atomically.
-        Tokenizer files are the caller's to copy."""
+        """Write the folder upstream's `save_pretrained` writes and its `from_pretrained` loads: `config.json`,
+        `model.pth` (a plain state dict) and the tokenizer files, each atomically. A model without its tokenizer
+        is refused: the folder would load neither upstream nor here."""
+        if self.tokenizer is None:
+            raise ValueError(
+                f"cannot save {path}: this model has no tokenizer, and a checkpoint folder needs "
+                f"{' and '.join(TOKENIZER_FILES)}; load it with FishSpeechLM.from_pretrained, or build it with "
+                "tokenizer=FishTokenizer.from_dir(...)"
+            )
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
         self.config.save(folder / CONFIG_FILE)
         save_state_dict_file(self.state_dict(), folder / MODEL_FILE)
+        self.tokenizer.save_pretrained(folder)
         return folder

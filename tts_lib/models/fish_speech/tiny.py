@@ -76,10 +76,9 @@ def make_tiny_checkpoint(out_dir: str | Path, seed: int = 0, overwrite: bool = F
     tokenizer = tiny_tokenizer(codec_config.semantic_codebook_size)
     config = tiny_configs(tokenizer.vocab_size, codec_config)
     torch.manual_seed(seed)
-    model = FishSpeechLM(config, semantic_begin_id=tokenizer.semantic_ids[0])
+    model = FishSpeechLM(config, semantic_begin_id=tokenizer.semantic_ids[0], tokenizer=tokenizer)
     codec = FishCodec(codec_config)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    model.save_pretrained(out)  # config, weights and tokenizer files
     codec.save_pretrained(out / "codec.pth")
     codec_config.save(out / CODEC_CONFIG_FILE)
     atomic_write_text(

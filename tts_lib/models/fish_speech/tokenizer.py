@@ -20,6 +20,7 @@ from tts_lib.common.fileio import atomic_write_bytes
 
 BPE_FILE = "tokenizer.tiktoken"
 SPECIALS_FILE = "special_tokens.json"
+TOKENIZER_FILES = (BPE_FILE, SPECIALS_FILE)
 IM_START, IM_END, VOICE, TEXT = "<|im_start|>", "<|im_end|>", "<|voice|>", "<|text|>"
 INTERLEAVE = "<|interleave|>"
 

@@ -23,7 +23,7 @@ from tts_lib.training.adapters import AdapterConfig
 from tts_lib.versions.finetune import FinetuneConfig, run_finetune
 from tts_lib.versions.lineage import read_metadata
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "data" / "demo"
 
 

@@ -12,7 +12,7 @@ import pytest
 from tts_lib.data.padding_bench import add_arguments, padding_efficiency, random_batches, read_durations, run
 from tts_lib.data.sampler import LengthBucketedBatchSampler, frames_for_duration
 
-BENCH_FILE = Path(__file__).resolve().parents[1] / "benchmarks" / "durations_ljspeech_like.txt"
+BENCH_FILE = Path(__file__).resolve().parents[2] / "benchmarks" / "durations_ljspeech_like.txt"
 
 
 def bench_args(*argv: str) -> argparse.Namespace:

@@ -18,7 +18,7 @@ from huggingface_hub import errors
 from tts_lib.data.ingest import ingest
 from tts_lib.launch import download
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FAKE_TOKEN = "hf_FAKE_test_token_0123456789"
 
 

@@ -7,7 +7,7 @@ import pytest
 from tts_lib.launch import bundle
 from tts_lib.launch.bundle import find_root, read_setup, resolve_base_model, resolve_run, shown
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

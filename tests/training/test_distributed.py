@@ -27,7 +27,7 @@ from tts_lib.training.distributed import Dist, all_sum, from_main, sync_gradient
 from tts_lib.training.train import TrainingLoss, backward_update, load_samples
 from tts_lib.training.train_config import TrainConfig
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 NO_BACKEND_FOR_CPU = "No backend type associated with device type cpu"  # what NCCL says to a CPU tensor
 
 

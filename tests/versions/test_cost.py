@@ -12,7 +12,7 @@ import pytest
 from tts_lib.versions import cost
 from tts_lib.versions.cost import GPU_TABLE, Throughput
 
-NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "finetune.ipynb"
+NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "finetune.ipynb"
 
 
 def fake_cuda(monkeypatch, name: str, gib: float) -> None:

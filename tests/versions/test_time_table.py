@@ -11,7 +11,7 @@ from tts_lib.training.flops import ASSUMED_MFU
 from tts_lib.versions import finetune, time_table
 from tts_lib.versions.cost import GPU_TABLE
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FIX = "run python benchmarks/memory_table.py --tables-only"
 
 

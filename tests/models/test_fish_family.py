@@ -12,7 +12,7 @@ from tts_lib.data.ingest import ingest
 from tts_lib.models import load_family
 from tts_lib.models.fish_speech.tiny import make_tiny_checkpoint
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 UPSTREAM_FILES = {"config.json", "model.pth", "tokenizer.tiktoken", "special_tokens.json", "codec.pth"}
 
 

@@ -58,7 +58,7 @@ def utok(up, tok_dir):
 
 def ours_random(cfg: dict, tok: FishTokenizer, seed: int = 0) -> FishSpeechLM:
     torch.manual_seed(seed)
-    model = FishSpeechLM(FishSpeechConfig(**cfg), tok.semantic_ids[0]).eval()
+    model = FishSpeechLM(FishSpeechConfig(**cfg), tok.semantic_ids[0], tokenizer=tok).eval()
     with torch.no_grad():  # non-trivial norms and biases, so a mixed-up norm or bias would show
         for name, p in model.named_parameters():
             if name.endswith("norm.weight") or name.endswith(".bias"):
@@ -153,10 +153,11 @@ def test_upstream_training_embedding_skips_the_scaling(up, tok, utok):
 @pytest.mark.parametrize("variant", ["tied-plain", "s1-like", "project-in-bias"])
 def test_checkpoint_folders_load_both_ways(up, tok, utok, tok_dir, tmp_path, variant):
     ours = ours_random({**BASE, **VARIANTS[variant]}, tok)
-    folder = ours.save_pretrained(tmp_path / "ours")
-    for name in ("tokenizer.tiktoken", "special_tokens.json"):
-        shutil.copy(tok_dir / name, folder / name)
+    folder = ours.save_pretrained(tmp_path / "ours")  # config, weights and tokenizer files: nothing to copy
     theirs = up.llama.BaseTransformer.from_pretrained(str(folder), load_weights=True).eval()
+    assert isinstance(theirs, up.llama.DualARTransformer)
+    mine, loaded = ours.state_dict(), theirs.state_dict()  # upstream loads with strict=False: every key must land
+    assert loaded.keys() == mine.keys() and all(torch.equal(loaded[k], v) for k, v in mine.items())
     theirs.load_state_dict(torch.load(folder / "model.pth", weights_only=True), strict=True)  # no missing/extra
     assert dataclasses.asdict(up.llama.BaseModelArgs.from_pretrained(str(folder))) == ours.config.to_dict()
     assert_same_logits(up, ours, theirs, tok)
@@ -173,8 +174,6 @@ def test_checkpoint_folders_load_both_ways(up, tok, utok, tok_dir, tmp_path, var
 def test_lightning_checkpoint_loads_in_both(up, tok, tok_dir, tmp_path):
     ours = ours_random({**BASE, **VARIANTS["s1-like"]}, tok)
     folder = ours.save_pretrained(tmp_path / "ckpt")
-    for name in ("tokenizer.tiktoken", "special_tokens.json"):
-        shutil.copy(tok_dir / name, folder / name)
     wrapped = {"state_dict": {"model." + k: v for k, v in ours.state_dict().items()}, "global_step": 7, "epoch": 0}
     torch.save(wrapped, folder / "model.pth")
     state = load_state_dict_file(folder / "model.pth")

@@ -1,5 +1,4 @@
 import math
-import shutil
 from pathlib import Path
 
 import pytest
@@ -144,12 +143,17 @@ def test_bf16_on_cpu():
 
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
-    """A saved tiny model plus the tokenizer files, as a release folder has them."""
-    tok_dir = write_tokenizer_dir(tmp_path / "tok", num_semantic=32)
-    out = tiny().save_pretrained(tmp_path / "ckpt")
-    for name in ("tokenizer.tiktoken", "special_tokens.json"):
-        shutil.copy(tok_dir / name, out / name)
-    return out
+    """A saved tiny model: config, weights and tokenizer files, as a release folder has them."""
+    tokenizer = FishTokenizer.from_dir(write_tokenizer_dir(tmp_path / "tok", num_semantic=32))
+    model = tiny()
+    model.tokenizer = tokenizer
+    return model.save_pretrained(tmp_path / "ckpt")
+
+
+def test_a_model_without_its_tokenizer_is_not_saved_half(tmp_path):
+    with pytest.raises(ValueError, match="has no tokenizer.*tokenizer.tiktoken and special_tokens.json"):
+        tiny().save_pretrained(tmp_path / "ckpt")
+    assert not (tmp_path / "ckpt").exists()
 
 
 def test_round_trip_is_bit_identical(folder):
@@ -159,8 +163,11 @@ def test_round_trip_is_bit_identical(folder):
     loaded = model.state_dict()
     assert loaded.keys() == saved.keys() and all(torch.equal(loaded[k], v) for k, v in saved.items())
     assert torch.equal(model.rope, tiny().rope) and model.rope.device.type == "cpu"
-    model.save_pretrained(folder.parent / "again")
+    model.save_pretrained(folder.parent / "again")  # the folder alone loads again: tokenizer files included
     assert load_state_dict_file(folder.parent / "again" / "model.pth").keys() == saved.keys()
+    for name in ("config.json", "tokenizer.tiktoken", "special_tokens.json"):
+        assert (folder.parent / "again" / name).read_bytes() == (folder / name).read_bytes()
+    assert FishSpeechLM.from_pretrained(folder.parent / "again").semantic_begin_id == SEM
     assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]  # atomic writes leave nothing behind
     with torch.no_grad():
         assert torch.equal(model.eval().slow_logits(batch()), tiny().eval().slow_logits(batch()))

@@ -25,7 +25,7 @@ from tts_lib.training.distributed import Dist
 from tts_lib.training.train import MIN_LOSS_SCALE, TrainingLoss, backward_update, is_overflow_skip, load_samples, train
 from tts_lib.training.train_config import TrainConfig
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def config(prepared, run_dir, **over) -> TrainConfig:

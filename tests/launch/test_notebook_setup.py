@@ -11,7 +11,7 @@ import pytest
 
 from tts_lib.launch.notebook_setup import DISPLAY_NAME, KERNEL_NAME, STRIP_KEYS, install_git_filter, install_kernel
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

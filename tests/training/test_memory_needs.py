@@ -10,7 +10,7 @@ import yaml
 from tts_lib.training import memory_needs
 from tts_lib.versions.cost import GPU_TABLE
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FIX = "run python benchmarks/memory_table.py --write and copy the figures where they are not generated"
 
 

@@ -118,8 +118,8 @@ def test_under_bf16_the_frozen_base_is_bf16_and_what_trains_is_fp32(prepared, tm
 
 
 def test_under_autocast_adapters_take_their_inputs_uncast_with_the_same_loss(prepared, tmp_path):
-    """The loop turns off peft's cast of adapter inputs to fp32 under autocast (memory: tests/test_memory_plan.py),
-    and only there: without autocast a bf16 input would meet fp32 adapter weights. The loss does not change."""
+    """The loop turns off peft's cast of adapter inputs to fp32 under autocast (memory: test_memory_plan.py), and
+    only there: without autocast a bf16 input would meet fp32 adapter weights. The loss does not change."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     from tts_lib.data.manifest import read_manifest

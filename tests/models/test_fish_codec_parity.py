@@ -31,7 +31,7 @@ import torch
 
 from tts_lib.models.fish_speech.codec import FishCodec, FishCodecConfig
 
-UPSTREAM_DIR = Path(__file__).resolve().parents[1] / ".pytest_cache" / "upstream-codec"
+UPSTREAM_DIR = Path(__file__).resolve().parents[2] / ".pytest_cache" / "upstream-codec"
 PACKAGES = ("fish-speech==0.1.0", "descript-audio-codec==1.0.0", "descript-audiotools==0.7.2", "einops==0.8.1")
 UPSTREAM_TOP_LEVEL = ("fish_speech", "dac", "audiotools", "einops", "hydra", "librosa", "omegaconf")
 TINY = FishCodecConfig.tiny()
