@@ -51,7 +51,6 @@ from tts_lib.data.sampler import LengthBucketedBatchSampler, frames_for_duration
 from tts_lib.data.split import assign_splits
 from tts_lib.models import load_family
 from tts_lib.models.fish_speech.codec import CODEC_CONFIG_FILE, FishCodecConfig
-from tts_lib.models.fish_speech.loss import supervised_counts
 from tts_lib.models.fish_speech.tiny import make_tiny_checkpoint
 from tts_lib.training.optim import OptimConfig, clip_gradients, make_optimizer
 from tts_lib.training.train import load_samples, train
@@ -187,7 +186,7 @@ def engine_tokens(base: Path, manifest: Path, max_tokens: int, first: int, last:
     family, samples, model = setup(base, manifest)
     stream = engine_batches([s.tokens.shape[1] for s in samples], max_tokens)
     batches = [next(stream) for _ in range(last)][first - 1 :]
-    return sum(sum(supervised_counts(model, family.collate([samples[i] for i in b]))) for b in batches)
+    return sum(sum(family.supervised_counts(model, family.collate([samples[i] for i in b])).values()) for b in batches)
 
 
 def setup(base: Path, manifest: Path):
@@ -218,7 +217,7 @@ def run_plain(name: str, base: Path, manifest: Path, steps: int,
         seconds = time.perf_counter() - t0
         if step >= WARMUP:
             # Counted after the step's clock stops: counting is measurement, not training work.
-            n = sum(supervised_counts(model, batch))
+            n = sum(family.supervised_counts(model, batch).values())
             tokens += n
             step_rates.append(n / seconds)
     return Throughput(name, steps, tokens, time.perf_counter() - started, statistics.median(step_rates))

@@ -43,13 +43,13 @@ def samples(tok, seed=0):
 
 def test_counts_and_finite_losses(tok):
     parts = loss_parts(tiny_model(tok).eval(), collate(samples(tok)))
-    assert parts.slow_count == (7 + 1) + (12 + 1)  # frames plus the end token, per sample
-    assert parts.semantic_count == 19 and parts.fast_count == 19 * NC
-    assert torch.isfinite(parts.slow_sum) and torch.isfinite(parts.fast_sum)
+    assert parts.counts["slow"] == (7 + 1) + (12 + 1)  # frames plus the end token, per sample
+    assert parts.score_counts["top1"] == 19 and parts.counts["codebook"] == 19 * NC
+    assert torch.isfinite(parts.sums["slow"]) and torch.isfinite(parts.sums["codebook"])
     # A random model is near chance: log(vocab) per slow token, log(codebook_size) per code.
-    assert parts.slow_sum.item() / parts.slow_count == pytest.approx(math.log(1024), rel=0.15)
-    assert parts.fast_sum.item() / parts.fast_count == pytest.approx(math.log(CB), rel=0.15)
-    assert 0 <= parts.top1 <= parts.top5 <= parts.semantic_count
+    assert parts.sums["slow"].item() / parts.counts["slow"] == pytest.approx(math.log(1024), rel=0.15)
+    assert parts.sums["codebook"].item() / parts.counts["codebook"] == pytest.approx(math.log(CB), rel=0.15)
+    assert 0 <= int(parts.scores["top1"]) <= int(parts.scores["top5"]) <= parts.score_counts["top1"]
 
 
 def test_padding_does_not_change_the_sums(tok):
@@ -57,9 +57,9 @@ def test_padding_does_not_change_the_sums(tok):
     a, b = samples(tok)
     together = loss_parts(model, collate([a, b]))
     alone = [loss_parts(model, collate([s])) for s in (a, b)]
-    assert together.slow_count == sum(p.slow_count for p in alone)
-    assert together.slow_sum.item() == pytest.approx(sum(p.slow_sum.item() for p in alone), rel=1e-5)
-    assert together.fast_sum.item() == pytest.approx(sum(p.fast_sum.item() for p in alone), rel=1e-5)
+    assert together.counts["slow"] == sum(p.counts["slow"] for p in alone)
+    assert together.sums["slow"].item() == pytest.approx(sum(p.sums["slow"].item() for p in alone), rel=1e-5)
+    assert together.sums["codebook"].item() == pytest.approx(sum(p.sums["codebook"].item() for p in alone), rel=1e-5)
 
 
 def test_a_few_steps_on_one_batch_learn_it(tok):
@@ -70,12 +70,12 @@ def test_a_few_steps_on_one_batch_learn_it(tok):
     for _ in range(25):
         parts = loss_parts(model, batch)
         loss = parts.loss()
-        first = first if first is not None else (loss.item(), parts.top1)
+        first = first if first is not None else (loss.item(), int(parts.scores["top1"]))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     assert loss.item() < 0.3 * first[0]
-    assert parts.top1 > max(first[1], parts.semantic_count // 2)
+    assert int(parts.scores["top1"]) > max(first[1], parts.score_counts["top1"] // 2)
 
 
 def whole_logits_parts(model, batch):
@@ -109,9 +109,9 @@ def test_chunked_heads_give_the_whole_logits_loss_and_gradients(tok, monkeypatch
 
     parts = loss_parts(model, batch)
     parts.loss().backward()
-    assert parts.slow_sum.item() == pytest.approx(slow.item(), rel=1e-6)
-    assert parts.fast_sum.item() == pytest.approx(fast.item(), rel=1e-6)
-    assert (parts.top1, parts.top5) == (top1, top5)
+    assert parts.sums["slow"].item() == pytest.approx(slow.item(), rel=1e-6)
+    assert parts.sums["codebook"].item() == pytest.approx(fast.item(), rel=1e-6)
+    assert (int(parts.scores["top1"]), int(parts.scores["top5"])) == (top1, top5)
     found = gradients(model)
     assert found.keys() == expected.keys()
     for name, grad in expected.items():
@@ -142,4 +142,4 @@ def test_the_whole_vocabulary_logits_never_exist(tok, monkeypatch):
     with LargestLogits(1024) as largest:
         parts = loss_parts(model, collate(samples(tok)))
         parts.loss().backward()
-    assert parts.slow_count == 21 and largest.rows == 4  # forward, recomputation and gradients alike
+    assert parts.counts["slow"] == 21 and largest.rows == 4  # forward, recomputation and gradients alike

@@ -100,7 +100,7 @@ def test_micro_batches_before_the_last_keep_their_gradients_local(prepared, one_
             return fut
 
         ddp.register_comm_hook(None, counting)
-        backward_update(ddp, model, batches[:micro_batches], Dist(), nullcontext, scaler)
+        backward_update(family, ddp, model, batches[:micro_batches], Dist(), nullcontext, scaler)
         assert all(p.grad is not None for p in model.parameters())
         return len(calls)
 

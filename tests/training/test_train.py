@@ -121,7 +121,7 @@ def test_non_finite_updates_are_skipped_then_stop_the_run(prepared, tmp_path, mo
 
         def loss_parts(model, batch):
             parts = original(model, batch)
-            parts.slow_sum = parts.slow_sum * float("nan")
+            parts.sums["slow"] = parts.sums["slow"] * float("nan")
             return parts
 
         family.loss_parts = loss_parts
@@ -338,7 +338,7 @@ def test_accumulated_micro_batches_give_the_gradient_of_one_big_batch(prepared):
 
     def gradients(groups: list[list[int]]) -> tuple[float, dict[str, torch.Tensor]]:
         model = family.load_model().train()
-        loss, _ = backward_update(TrainingLoss(family, model), model, batches_of(prepared, groups), Dist(),
+        loss, _ = backward_update(family, TrainingLoss(family, model), model, batches_of(prepared, groups), Dist(),
                                   nullcontext, scaler)  # fmt: skip
         return loss, {n: p.grad for n, p in model.named_parameters()}
 
@@ -371,9 +371,9 @@ def inject_inf_gradients(monkeypatch, updates: int) -> None:
 
         def loss_parts(model, batch):
             parts = original(model, batch)
-            if parts.fast_sum.requires_grad and seen["backward"] < updates:
+            if parts.sums["codebook"].requires_grad and seen["backward"] < updates:
                 seen["backward"] += 1
-                parts.fast_sum.register_hook(lambda g: torch.full_like(g, float("inf")))
+                parts.sums["codebook"].register_hook(lambda g: torch.full_like(g, float("inf")))
             return parts
 
         family.loss_parts = loss_parts
@@ -400,3 +400,39 @@ def test_fp16_scale_collapsing_below_the_floor_stops_the_run(prepared, tmp_path,
     out = capsys.readouterr().out
     assert out.count("fp16 overflow: update skipped") == 16  # 65536 down to 1, then each skip counts
     assert out.count("skipped a non-finite update") == 5
+
+
+def test_the_loop_knows_no_loss_names_the_family_decides_them_and_what_best_means(prepared, tmp_path, monkeypatch):
+    """A family with other component names and another selection metric: the loop normalises each component by
+    its own count, reports val_<name>_loss for each, and keeps the best weights by the family's metric."""
+    import tts_lib.training.train as engine
+    from tts_lib.models import LossParts
+
+    fish = load_family(prepared[0])
+    renamed = {"slow": "text_and_frames", "codebook": "residual"}
+
+    class Renamed:  # the Fish family under other names: what a second family looks like to the loop
+        def __init__(self, inner):
+            self.inner = inner
+            self.selection_metric = "val_text_and_frames_loss"
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def loss_parts(self, model, batch):
+            p = self.inner.loss_parts(model, batch)
+            return LossParts({renamed[k]: v for k, v in p.sums.items()}, {renamed[k]: v for k, v in p.counts.items()})
+
+        def supervised_counts(self, model, batch):
+            return {renamed[k]: v for k, v in self.inner.supervised_counts(model, batch).items()}
+
+    monkeypatch.setattr(engine, "load_family", lambda folder: Renamed(fish))
+    run = tmp_path / "renamed"
+    train(config(prepared, run, max_steps=4, val_every=2, save_every=2))
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    validated = [r for r in rows if "val_loss" in r]
+    assert validated and all({"val_text_and_frames_loss", "val_residual_loss"} <= set(r) for r in validated)
+    assert all("val_codebook_loss" not in r for r in rows)
+    best = min(validated, key=lambda r: r["val_text_and_frames_loss"])
+    assert ckpt.best_info(run)["step"] == best["step"]
+    assert ckpt.best_info(run)["metric"] == "val_text_and_frames_loss"

@@ -21,8 +21,6 @@ from tts_lib.data.manifest import Item, read_manifest
 from tts_lib.models import load_family
 from tts_lib.training.train import choose_precision, evaluate, load_samples
 
-METRIC = "val_codebook_loss"  # the metric training selects the best checkpoint by
-
 
 def model_losses(
     weights: Path, adapter: Path | None, item_sets: list[list[Item]], max_tokens: int, precision: str = "auto"
@@ -53,28 +51,29 @@ def split_items(items: list[Item], parent_manifest: Path) -> tuple[list[Item], l
     return [i for i in val if parent.get(i.id) == "val"], [i for i in val if i.id not in parent]
 
 
-def compare(before: dict | None, after: dict | None, n: int) -> dict:
-    """{"before", "after", "change"} of METRIC, the full components, and the number of items."""
+def compare(before: dict | None, after: dict | None, n: int, metric: str) -> dict:
+    """{"before", "after", "change"} of `metric` (the family's selection metric), the full components, and the
+    number of items."""
     if before is None or after is None:
         return {"before": None, "after": None, "change": None, "items": n, "components": None}
-    return {"before": before[METRIC], "after": after[METRIC], "change": after[METRIC] - before[METRIC], "items": n,
+    return {"before": before[metric], "after": after[metric], "change": after[metric] - before[metric], "items": n,
             "components": {"before": before, "after": after}}  # fmt: skip
 
 
-def forgetting_report(old: dict, new: dict, margin: float) -> dict:
+def forgetting_report(old: dict, new: dict, margin: float, metric: str) -> dict:
     """The verdict from the two comparisons (see the module docstring)."""
     flagged = old["change"] is not None and old["change"] > margin * abs(old["before"])
     if old["change"] is None:
         note = "the parent has no held-out items here: forgetting was not measured"
     elif flagged:
-        note = (f"{METRIC} on the parent's held-out items rose {old['change'] / abs(old['before']):+.1%} "
+        note = (f"{metric} on the parent's held-out items rose {old['change'] / abs(old['before']):+.1%} "
                 f"(over the {margin:.0%} margin): the new version forgot some of what the parent knew; "
                 "try fewer steps or a lower learning rate, or mix more of the old data in")  # fmt: skip
     else:
-        note = f"{METRIC} on the parent's held-out items stayed within {margin:.0%} of the parent's"
+        note = f"{metric} on the parent's held-out items stayed within {margin:.0%} of the parent's"
     if new["change"] is None:
         note += "; no new held-out items (all validation items were the parent's), so no new-data comparison"
-    return {"metric": METRIC, "old_data": old, "new_data": new, "margin": margin, "flagged": flagged, "note": note}
+    return {"metric": metric, "old_data": old, "new_data": new, "margin": margin, "flagged": flagged, "note": note}
 
 
 def check_forgetting(start, merged: Path, items: list[Item], margin: float, max_tokens: int, precision="auto"):
@@ -84,9 +83,10 @@ def check_forgetting(start, merged: Path, items: list[Item], margin: float, max_
     old_items, new_items = split_items(items, Path(start.manifest))
     before = model_losses(start.weights, start.init_adapter, [old_items, new_items], max_tokens, precision)
     after = model_losses(merged, None, [old_items, new_items], max_tokens, precision)
-    old = compare(before[0], after[0], len(old_items))
-    new = compare(before[1], after[1], len(new_items))
-    return forgetting_report(old, new, margin)
+    metric = load_family(merged).selection_metric  # what training calls better
+    old = compare(before[0], after[0], len(old_items), metric)
+    new = compare(before[1], after[1], len(new_items), metric)
+    return forgetting_report(old, new, margin, metric)
 
 
 def format_forgetting(report: dict | None) -> str:

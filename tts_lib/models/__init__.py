@@ -9,8 +9,8 @@ XTTS v2, IndexTTS2) plugs in without touching them.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,6 +28,29 @@ class CodecSpec:
     device: str = "cpu"  # where encode_batch runs, for the log
 
 
+@dataclass
+class LossParts:
+    """One batch's loss as a family computes it: per named component, the summed loss and the supervised tokens it
+    sums over. Sums, not means: the trainer divides each by the whole update's count over every micro-batch and
+    process, so an update does not depend on how items fell into batches. `scores` (summed, e.g. top-1 hits) are
+    read by validation only, over `score_counts` items: training never waits for the GPU to count them."""
+
+    sums: dict[str, Any]  # component -> summed loss, a 0-dim tensor
+    counts: dict[str, int]  # component -> supervised tokens it sums over
+    scores: dict[str, Any] = field(default_factory=dict)  # score -> summed value, a 0-dim tensor
+    score_counts: dict[str, int] = field(default_factory=dict)  # score -> items it is summed over
+
+    def loss(self, totals: Mapping[str, int] | None = None) -> Any:
+        """The training loss: each component's mean, summed unweighted. `totals`: the counts of the whole update
+        (default: this batch's)."""
+        totals = totals or self.counts
+        return sum(self.sums[name] / max(totals[name], 1) for name in self.sums)
+
+    @property
+    def tokens(self) -> int:
+        return sum(self.counts.values())
+
+
 class ModelFamily(Protocol):
     name: str
     folder: Path
@@ -37,7 +60,10 @@ class ModelFamily(Protocol):
     def codec_spec(self, device: Any = "cpu") -> CodecSpec: ...
     def build_sample(self, text: str, codes: Any) -> Any: ...
     def collate(self, samples: list[Any]) -> dict[str, Any]: ...
-    def loss_parts(self, model: Any, batch: dict[str, Any]) -> Any: ...  # sums and counts
+    def loss_parts(self, model: Any, batch: dict[str, Any]) -> LossParts: ...
+    # what loss_parts(model, batch).counts will be, known before the forward pass (the update's totals)
+    def supervised_counts(self, model: Any, batch: dict[str, Any]) -> dict[str, int]: ...
+    selection_metric: str  # the validation metric (lower is better) that picks the best checkpoint
     def generate(self, model: Any, text: str, references: Any = (), **sampling: Any) -> Any: ...
     def save(self, model: Any, out: str | Path) -> Path: ...
     # training FLOPs (forward + backward) per supervised token in mode quick_lora or full

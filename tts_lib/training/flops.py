@@ -61,7 +61,7 @@ def count_step_flops(
         with autocast_for(precision)():
             parts = loss_parts(model, batch)
         parts.loss().backward()
-    return counter.get_total_flops(), parts.slow_count + parts.fast_count
+    return counter.get_total_flops(), parts.tokens
 
 
 _counts: dict[tuple, float] = {}

@@ -13,6 +13,7 @@ import dataclasses
 import math
 import signal
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -26,7 +27,6 @@ from tts_lib.common.config_io import config_to_dict, save_config
 from tts_lib.data.manifest import read_manifest
 from tts_lib.data.sampler import LengthBucketedBatchSampler
 from tts_lib.models import load_family
-from tts_lib.models.fish_speech.loss import supervised_counts
 from tts_lib.training import checkpoints as ckpt
 from tts_lib.training import distributed
 from tts_lib.training.adapters import (
@@ -114,30 +114,29 @@ def load_samples(family, items) -> list:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, family, samples, max_tokens: int, autocast) -> dict[str, float]:
-    """Loss components and semantic accuracy over the held-out samples. `model`: the model, or its
-    TrainingLoss (under FSDP the sharded one, which gathers the weights)."""
+    """The family's loss components and scores over the held-out samples: val_loss (the training loss),
+    val_<component>_loss each, and val_<score>. `model`: the model, or its TrainingLoss (under FSDP the sharded
+    one, which gathers the weights)."""
     loss_of = model if isinstance(model, TrainingLoss) else TrainingLoss(family, model)
     loss_of.eval()
     device = next(loss_of.parameters()).device
     lengths = [s.tokens.shape[1] for s in samples]
-    sums = {"slow": 0.0, "fast": 0.0, "slow_n": 0, "fast_n": 0, "top1": 0, "top5": 0, "frames": 0}
+    sums, counts, scores, score_counts = defaultdict(float), defaultdict(int), defaultdict(float), defaultdict(int)
     for idx in LengthBucketedBatchSampler(lengths, max(max_tokens, max(lengths)), shuffle=False):
         with autocast():
             batch = family.collate([samples[i] for i in idx])
-            p = loss_of({k: v.to(device) for k, v in batch.items()})
-        sums["slow"] += p.slow_sum.item()
-        sums["fast"] += p.fast_sum.item()
-        sums["slow_n"] += p.slow_count
-        sums["fast_n"] += p.fast_count
-        sums["top1"] += p.top1
-        sums["top5"] += p.top5
-        sums["frames"] += p.semantic_count
+            parts = loss_of({k: v.to(device) for k, v in batch.items()})
+        for name, value in parts.sums.items():
+            sums[name] += value.item()
+            counts[name] += parts.counts[name]
+        for name, value in parts.scores.items():
+            scores[name] += value.item()
+            score_counts[name] += parts.score_counts[name]
     distributed.reshard(loss_of)
     loss_of.train()
-    slow, fast = sums["slow"] / max(sums["slow_n"], 1), sums["fast"] / max(sums["fast_n"], 1)
-    frames = max(sums["frames"], 1)
-    return {"val_loss": slow + fast, "val_slow_loss": slow, "val_codebook_loss": fast,
-            "val_top1": sums["top1"] / frames, "val_top5": sums["top5"] / frames}  # fmt: skip
+    means = {f"val_{name}_loss": sums[name] / max(counts[name], 1) for name in sums}
+    return {"val_loss": sum(means.values()), **means,
+            **{f"val_{name}": scores[name] / max(score_counts[name], 1) for name in scores}}  # fmt: skip
 
 
 def resolve_auto_tokens(config: TrainConfig, family, device, amp_dtype, state: dict | None, say) -> TrainConfig:
@@ -172,22 +171,23 @@ def build_model(family, config: TrainConfig, device: torch.device, amp_dtype: to
     return model.train()
 
 
-def backward_update(step_module, model, batches, info, autocast, scaler) -> tuple[float, int]:
-    """Backward every micro-batch of one update, each loss divided by the supervised-token totals of
-    the whole update over all processes, so the gradient does not depend on how items fell into
+def backward_update(family, step_module, model, batches, info, autocast, scaler) -> tuple[float, int]:
+    """Backward every micro-batch of one update, each loss component divided by its supervised-token total
+    over the whole update and all processes, so the gradient does not depend on how items fell into
     micro-batches or processes. Gradients are reduced once, in the last micro-batch's backward.
     Returns (the update's loss, its supervised tokens), both over all processes."""
-    counts = [supervised_counts(model, b) for b in batches]
-    slow_total, fast_total = distributed.all_sum(info, sum(c[0] for c in counts), sum(c[1] for c in counts))
+    counts = [family.supervised_counts(model, b) for b in batches]
+    names = sorted(counts[0])  # the same order on every process
+    totals = dict(zip(names, distributed.all_sum(info, *(sum(c[name] for c in counts) for name in names))))
     loss_value = 0.0
     for i, batch in enumerate(batches):
         with distributed.sync_gradients(step_module, sync=i == len(batches) - 1):
             with autocast():
-                loss = step_module(batch).loss(slow_total, fast_total)  # per supervised token of the update
+                loss = step_module(batch).loss(totals)  # per supervised token of the update
             # DDP and FSDP average gradients over processes; this loss is already the global mean.
             scaler.scale(loss * info.world_size).backward()
         loss_value += loss.item()
-    return distributed.all_sum(info, loss_value)[0], int(slow_total + fast_total)
+    return distributed.all_sum(info, loss_value)[0], int(sum(totals.values()))
 
 
 def train(config: TrainConfig, on_metrics: Callable[[dict], None] | None = None) -> TrainResult:
@@ -296,7 +296,7 @@ def train(config: TrainConfig, on_metrics: Callable[[dict], None] | None = None)
         if info.is_main or sharded:
             weights = ema.averages() if ema else ckpt.trainable_state(model)
             if info.is_main:
-                ckpt.save_best(run_dir, step, weights, best, "val_codebook_loss")
+                ckpt.save_best(run_dir, step, weights, best, family.selection_metric)
 
     def next_batch() -> list[int]:
         nonlocal epoch, position
@@ -319,7 +319,7 @@ def train(config: TrainConfig, on_metrics: Callable[[dict], None] | None = None)
             batches = [
                 {k: v.to(device) for k, v in family.collate([train_samples[i] for i in m]).items()} for m in micro
             ]
-            loss_value, tokens = backward_update(step_module, model, batches, info, autocast, scaler)
+            loss_value, tokens = backward_update(family, step_module, model, batches, info, autocast, scaler)
             scaler.unscale_(optimizer)
             grad_norm = clip_gradients(model.parameters(), config.optim.max_grad_norm)
             if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
@@ -364,9 +364,9 @@ def train(config: TrainConfig, on_metrics: Callable[[dict], None] | None = None)
                 # rank that decided otherwise would save or stop alone while the others wait for it.
                 metrics = dict(zip(metrics, distributed.from_main(info, *metrics.values())))
                 row.update(metrics)
-                improved = best is None or metrics["val_codebook_loss"] < best - config.early_stop_min_delta
+                improved = best is None or metrics[family.selection_metric] < best - config.early_stop_min_delta
                 if improved:
-                    best, bad_validations = metrics["val_codebook_loss"], 0
+                    best, bad_validations = metrics[family.selection_metric], 0
                 else:
                     bad_validations += 1
                     stopped_early = (
@@ -393,10 +393,10 @@ def train(config: TrainConfig, on_metrics: Callable[[dict], None] | None = None)
         if best_weights is not None:
             ckpt.load_trainable_state(model, best_weights)  # already the EMA averages when EMA is on
             found = ckpt.best_info(run_dir)
-            say(f"final model: the best weights, step {found['step']} (val_codebook_loss {found['value']:.4f})")
+            say(f"final model: the best weights, step {found['step']} ({family.selection_metric} {found['value']:.4f})")
         with ema.swap_into(model) if ema is not None and best_weights is None else nullcontext():
             final = save_final(family, model, config, run_dir, info, sharded)
-        say(f"done at step {step}: model in {final}" + (f", best val_codebook_loss {best:.4f}" if best else ""))
+        say(f"done at step {step}: model in {final}" + (f", best {family.selection_metric} {best:.4f}" if best else ""))
         return TrainResult(step, final, best, stopped_early=stopped_early)
     finally:
         stop.restore()

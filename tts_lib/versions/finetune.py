@@ -45,7 +45,6 @@ from tts_lib.launch.bundle import is_random_demo, resolve_base_model
 from tts_lib.listening.forgetting import check_forgetting, format_forgetting
 from tts_lib.listening.plots import plot_dataset, plot_run
 from tts_lib.models import load_family
-from tts_lib.models.fish_speech.loss import supervised_counts
 from tts_lib.training.adapters import AdapterConfig, add_adapters
 from tts_lib.training.checkpoints import data_fingerprint
 from tts_lib.training.device import auto_max_tokens, pick_device
@@ -179,6 +178,7 @@ def run_plan(plan: Plan, on_metrics=None) -> dict:
     speaker_data, items, new, estimate = plan.speaker_data, plan.items, plan.new, plan.estimate
     lock_run(plan)
     started = time.monotonic()
+    best_key = "best_" + load_family(plan.base).selection_metric  # e.g. best_val_codebook_loss
     plot_dataset(plan.report, out / "dataset.png")
     plots = [out / "dataset.png"]
 
@@ -192,7 +192,7 @@ def run_plan(plan: Plan, on_metrics=None) -> dict:
         if result.interrupted:
             return interrupted(out, plan.out_setting)
         plots.append(plot_run(out / first))
-        metrics["full"] = {"best_val_codebook_loss": result.best_metric, "steps": result.step}
+        metrics["full"] = {best_key: result.best_metric, "steps": result.step}
         outputs["language_base_dir" if config.mode == "two_phase" else "merged_dir"] = f"{first}/final"
         lora_start = parents.Start("phase1", out / first / "final")
     if config.mode in ("quick_lora", "two_phase"):
@@ -205,7 +205,7 @@ def run_plan(plan: Plan, on_metrics=None) -> dict:
         if result.interrupted:
             return interrupted(out, plan.out_setting)
         plots.append(plot_run(run_dir))
-        metrics["lora"] = {"best_val_codebook_loss": result.best_metric, "steps": result.step}
+        metrics["lora"] = {best_key: result.best_metric, "steps": result.step}
         outputs["adapter_dir"] = str(result.final_model.relative_to(out))
         merged = out / "merged"
         if not merged.exists():  # exports are atomic: an existing folder is a finished one
@@ -226,9 +226,10 @@ def run_plan(plan: Plan, on_metrics=None) -> dict:
     actual = cost.actual_cost(wall, plan.gpu, plan.table)
     hours = {"new": sum(i.duration or 0 for i in new) / 3600, "total": sum(i.duration or 0 for i in items) / 3600}
     # the last phase made the exported model; two_phase's language phase is kept beside it
-    best = {"val_codebook_loss": metrics[list(metrics)[-1]]["best_val_codebook_loss"]}
+    metric = best_key.removeprefix("best_")
+    best = {metric: metrics[list(metrics)[-1]][best_key]}
     if config.mode == "two_phase":
-        best["language_val_codebook_loss"] = metrics["full"]["best_val_codebook_loss"]
+        best["language_" + metric] = metrics["full"][best_key]
     meta = {
         "version": out.name, "number": plan.number, "parent": start.parent, "mode": config.mode,
         "base_model": {**plan.identity, "folder": str(plan.base.resolve()),
@@ -421,7 +422,7 @@ def time_training_steps(
     lengths = [s.tokens.shape[1] for s in samples]
     batches = list(LengthBucketedBatchSampler(lengths, config.train.max_tokens, config.train.max_items, seed=0))
     collated = [family.collate([samples[i] for i in b]) for b in batches]
-    tokens = [sum(supervised_counts(model, b)) for b in collated]
+    tokens = [sum(family.supervised_counts(model, b).values()) for b in collated]
     order = itertools.cycle(range(len(collated)))
 
     def step() -> int:
@@ -429,7 +430,7 @@ def time_training_steps(
         batch = {name: t.to(device) for name, t in collated[k].items()}
         with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext():
             parts = family.loss_parts(model, batch)
-            loss = parts.loss(parts.slow_count, parts.fast_count)
+            loss = parts.loss()
         loss.backward()
         model.zero_grad(set_to_none=True)
         return tokens[k]

@@ -11,13 +11,13 @@ import torch
 from torch import Tensor
 
 from tts_lib.common.fileio import atomic_copy, checkpoint_hash
-from tts_lib.models import CodecSpec
+from tts_lib.models import CodecSpec, LossParts
 from tts_lib.models.fish_speech.checkpoint import MODEL_FILE
 from tts_lib.models.fish_speech.codec import CODEC_CONFIG_FILE, FishCodec, FishCodecConfig
 from tts_lib.models.fish_speech.config import CONFIG_FILE, FishSpeechConfig
 from tts_lib.models.fish_speech.generate import build_prompt, generate
 from tts_lib.models.fish_speech.lm import FishSpeechLM
-from tts_lib.models.fish_speech.loss import LossParts, loss_parts
+from tts_lib.models.fish_speech.loss import SELECTION_METRIC, loss_parts, supervised_counts
 from tts_lib.models.fish_speech.samples import Sample, build_sample, collate
 from tts_lib.models.fish_speech.tokenizer import IM_END, FishTokenizer
 
@@ -95,9 +95,15 @@ class FishSpeechFamily:
 
     collate = staticmethod(collate)
 
+    selection_metric = SELECTION_METRIC
+
     @staticmethod
     def loss_parts(model: FishSpeechLM, batch: dict[str, Tensor]) -> LossParts:
         return loss_parts(model, batch)
+
+    @staticmethod
+    def supervised_counts(model: FishSpeechLM, batch: dict[str, Tensor]) -> dict[str, int]:
+        return supervised_counts(model, batch)
 
     def generate(
         self, model: FishSpeechLM, text: str, references: tuple[tuple[str, Tensor], ...] = (), **sampling

@@ -13,13 +13,13 @@ of each head in backward and changes no result beyond float summation order.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from tts_lib.models import LossParts
 from tts_lib.models.fish_speech.lm import FishSpeechLM
 from tts_lib.models.fish_speech.samples import IGNORE
 
@@ -28,30 +28,9 @@ from tts_lib.models.fish_speech.samples import IGNORE
 CHUNK_ELEMENTS = 2**25
 
 
-@dataclass
-class LossParts:
-    slow_sum: Tensor  # summed cross-entropy of the slow head (semantic tokens + end token)
-    slow_count: int  # supervised slow positions
-    fast_sum: Tensor  # summed cross-entropy of the fast head over every codebook of every frame
-    fast_count: int  # frames * num_codebooks
-    hits: Tensor  # (2,) slow head at semantic positions: targets that are the top prediction, in the top 5
-    semantic_count: int  # semantic positions (frames)
-
-    # Read on demand: training never reads them, so it never waits for the GPU to count them.
-    @property
-    def top1(self) -> int:
-        return int(self.hits[0])
-
-    @property
-    def top5(self) -> int:
-        return int(self.hits[1])
-
-    def loss(self, slow_tokens: int | None = None, fast_tokens: int | None = None) -> Tensor:
-        """Mean slow loss + mean fast loss, summed unweighted as upstream does. Pass the counts of
-        the whole accumulated update to normalise per supervised token across micro-batches."""
-        return self.slow_sum / max(slow_tokens or self.slow_count, 1) + self.fast_sum / max(
-            fast_tokens or self.fast_count, 1
-        )
+# The loss components' names: validation reports val_<name>_loss, and the codebook loss picks the best checkpoint.
+SLOW, CODEBOOK = "slow", "codebook"
+SELECTION_METRIC = "val_codebook_loss"
 
 
 def loss_parts(model: FishSpeechLM, batch: dict[str, Tensor]) -> LossParts:
@@ -72,7 +51,13 @@ def loss_parts(model: FishSpeechLM, batch: dict[str, Tensor]) -> LossParts:
     frame_codes = codes.transpose(1, 2).flatten(0, 1)[frames].long()  # (N, nc)
     fast_hidden = model.fast_logits(hidden[frames], frame_codes, head=False)  # (N, nc, fast_dim)
     fast_sum, _ = chunked_cross_entropy(model._fast_head, fast_hidden, frame_codes, c.num_codebooks * c.codebook_size)
-    return LossParts(slow_sum, int(target.numel()), fast_sum, int(frame_codes.numel()), hits, int(frames.numel()))
+    frame_count = int(frames.numel())
+    return LossParts(
+        sums={SLOW: slow_sum, CODEBOOK: fast_sum},  # the slow head's tokens and the fast head's codes
+        counts={SLOW: int(target.numel()), CODEBOOK: int(frame_codes.numel())},
+        scores={"top1": hits[0], "top5": hits[1]},  # the slow head at frames: target predicted first, in the top 5
+        score_counts={"top1": frame_count, "top5": frame_count},
+    )
 
 
 def chunked_cross_entropy(
@@ -110,9 +95,9 @@ def chunk_loss(head, hidden: Tensor, target: Tensor, is_frame: Tensor | None) ->
         return loss, torch.stack([hit[:, 0].sum(), hit.any(-1).sum()])
 
 
-def supervised_counts(model: FishSpeechLM, batch: dict[str, Tensor]) -> tuple[int, int]:
-    """(slow positions, fast codes) a batch supervises: known before the forward pass, so the
-    loss of every micro-batch of an update can be divided by the update's totals."""
+def supervised_counts(model: FishSpeechLM, batch: dict[str, Tensor]) -> dict[str, int]:
+    """The counts loss_parts will report (slow positions, fast codes), known before the forward pass, so
+    the loss of every micro-batch of an update can be divided by the update's totals."""
     labels = batch["labels"]
     frames = int(((labels >= model.semantic_begin_id) & (labels <= model.semantic_end_id)).sum())
-    return int((labels != IGNORE).sum()), frames * model.config.num_codebooks
+    return {SLOW: int((labels != IGNORE).sum()), CODEBOOK: frames * model.config.num_codebooks}
