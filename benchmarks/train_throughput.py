@@ -5,7 +5,7 @@ Training throughput of the engine (`tts_lib.training.train.train`) on CPU, tiny-
 
 - demo (default): all of data/demo (35 clips), codes extracted with the tiny codec; max_tokens 1024.
 - ljspeech-like: --items synthetic items (default 400) whose durations are drawn from
-  benchmarks/durations_ljspeech_like.txt (1.11-10.10 s), frames = `frames_for_duration(duration)`,
+  benchmarks/durations_ljspeech_like.txt (1.11-10.10 s), frames = `frames_for_duration(duration, frame_rate)`,
   random codes within the tiny model's codebook sizes and random transcripts of about 15 characters
   per second, written as .npy files plus a manifest that `train()` reads like real data; max_tokens 4096.
 
@@ -128,7 +128,7 @@ def write_synthetic(work: Path, base: Path, n_items: int) -> Path:
     (work / "codes").mkdir()
     items = []
     for i, seconds in enumerate(durations):
-        frames = frames_for_duration(seconds)
+        frames = frames_for_duration(seconds, load_family(base).frame_rate)
         codes = np.stack([codes_rng.integers(0, high, frames, dtype=np.int16) for high in highs])
         np.save(codes_path := work / "codes" / f"{i:05d}.npy", codes)
         items.append(Item(id=f"synthetic/{i:05d}", audio=str(work / "audio" / f"{i:05d}.wav"),

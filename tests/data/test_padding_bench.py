@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from tts_lib.data.padding_bench import add_arguments, padding_efficiency, random_batches, read_durations, run
+from tts_lib.data.padding_bench import (
+    S1_MINI_FRAME_RATE,
+    add_arguments,
+    padding_efficiency,
+    random_batches,
+    read_durations,
+    run,
+)
 from tts_lib.data.sampler import LengthBucketedBatchSampler, frames_for_duration
 
 BENCH_FILE = Path(__file__).resolve().parents[2] / "benchmarks" / "durations_ljspeech_like.txt"
@@ -57,7 +64,7 @@ def test_benchmark_file_matches_the_published_ljspeech_statistics():
 
 @pytest.mark.parametrize("max_tokens", [4096, 8192])
 def test_bucketed_batches_waste_under_five_percent_on_the_benchmark(max_tokens):
-    lengths = [frames_for_duration(s) for s in read_durations(BENCH_FILE)]
+    lengths = [frames_for_duration(s, S1_MINI_FRAME_RATE) for s in read_durations(BENCH_FILE)]
     sampler = LengthBucketedBatchSampler(lengths, max_tokens, seed=0)
     bucketed = padding_efficiency(sampler.global_batches(0), lengths)
     baseline = padding_efficiency(random_batches(lengths, max_tokens, seed=0), lengths)

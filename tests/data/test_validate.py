@@ -255,3 +255,29 @@ def test_an_item_too_long_for_the_model_is_an_error_naming_its_length(tmp_path, 
         sample = tiny_family.build_sample(text, torch.zeros(num_codebooks, fits + 1, dtype=torch.long))
         with pytest.raises(RuntimeError):
             model(sample.tokens[None])
+
+
+def test_a_model_family_brings_its_own_sample_rate(tmp_path, tiny_family):
+    """The rate a clip is checked against is the family's codec's, not S1-mini's 44.1 kHz."""
+
+    class At16k:  # the tiny family with a 16 kHz codec, as VoxCPM-like families have
+        sample_rate = 16000
+
+        def __getattr__(self, name):
+            return getattr(tiny_family, name)
+
+    clip = item(write_audio(tmp_path / "at16k.wav", 1.5, sr=16000), "Hyvää huomenta")
+    assert "low_sample_rate" in codes_of(validate_items([clip], ValidationConfig(decode=False)), "at16k")
+    report = validate_items([clip], ValidationConfig(decode=False), family=At16k())
+    assert "low_sample_rate" not in codes_of(report, "at16k")
+    low = item(write_audio(tmp_path / "at8k.wav", 1.5, sr=8000, seed=1), "Hyvää huomenta")
+    report = validate_items([low], ValidationConfig(decode=False), family=At16k())
+    assert "8000 Hz is below the model's 16000 Hz" in messages(report, "low_sample_rate")[0]
+
+
+def test_the_family_counts_frames_as_its_codec_does(tiny_family):
+    codec = tiny_family.codec_config()
+    assert tiny_family.frame_rate == codec.sample_rate / codec.frame_length
+    one_frame = codec.frame_length / codec.sample_rate
+    assert tiny_family.frames_for_seconds(one_frame) == 1 and tiny_family.frames_for_seconds(one_frame * 1.01) == 2
+    assert tiny_family.frames_for_seconds(10 * one_frame) == 10

@@ -17,7 +17,9 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
-from tts_lib.data.sampler import FRAME_RATE, LengthBucketedBatchSampler, frames_for_duration
+from tts_lib.data.sampler import LengthBucketedBatchSampler, frames_for_duration
+
+S1_MINI_FRAME_RATE = 44100 / 2048  # the default: Fish Speech S1-mini's codec, about 21.5 frames per second
 
 
 def padding_efficiency(batches: Sequence[Sequence[int]], lengths: Sequence[int]) -> float:
@@ -101,11 +103,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-items", type=int, default=None, help="items per batch at most")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=3, help="epochs to pool the efficiency over")
+    parser.add_argument("--frame-rate", type=float, default=S1_MINI_FRAME_RATE,
+                        help="codec frames per second of audio (default: S1-mini's, 44100/2048)")
 
 
 def run(args: argparse.Namespace) -> int:
     durations = read_durations(args.durations)
-    lengths = [frames_for_duration(s) for s in durations]
+    lengths = [frames_for_duration(s, args.frame_rate) for s in durations]
     if args.epochs < 1:
         raise ValueError(f"--epochs must be at least 1, got {args.epochs}")
     sampler = LengthBucketedBatchSampler(lengths, args.max_tokens, args.max_items, seed=args.seed)
@@ -116,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         shuffled += random_batches(lengths, args.max_tokens, args.max_items, args.seed, epoch)
     items_cap = "no item cap" if args.max_items is None else f"at most {args.max_items} items"
     hours = sum(durations) / 3600
-    print(f"items: {len(lengths)}, {hours:.2f} h, {sum(lengths)} audio tokens at {FRAME_RATE:.2f} per second")
+    print(f"items: {len(lengths)}, {hours:.2f} h, {sum(lengths)} audio tokens at {args.frame_rate:.2f} per second")
     print(f"budget: {args.max_tokens} padded tokens per batch, {items_cap}; {args.epochs} epoch(s)")
     print(f"bucketed: {len(bucketed) / args.epochs:.1f} batches per epoch")
     print(f"random:   {len(shuffled) / args.epochs:.1f} batches per epoch")

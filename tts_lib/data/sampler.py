@@ -31,13 +31,12 @@ import random
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-FRAME_RATE = 44100 / 2048  # codec frames per second of Fish Speech S1-mini's codec (~21.5)
 DEFAULT_BUCKET_RATIO = 1.05  # 1.1 lands right at ~0.95 efficiency; 1.05 leaves margin
 STATE_KEYS = ("seed", "num_items", "lengths_sha1", "max_tokens", "max_items", "world_size")  # must match to resume
 
 
-def frames_for_duration(seconds: float, frame_rate: float = FRAME_RATE) -> int:
-    """Codec frames (audio tokens) for a clip of `seconds`: rounded up, at least 1."""
+def frames_for_duration(seconds: float, frame_rate: float) -> int:
+    """Codec frames (audio tokens) for a clip of `seconds` at the family's `frame_rate`: rounded up, at least 1."""
     return max(1, math.ceil(seconds * frame_rate))
 
 

@@ -13,6 +13,7 @@ because that row is where the user fixes it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -34,7 +35,7 @@ DURATION_BUCKETS = (0.0, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0)  # histogram edg
 
 @dataclass
 class ValidationConfig:
-    sample_rate: int = 44100  # the model's rate (S1-mini codec); lower rates are upsampled: warning
+    sample_rate: int = 44100  # the model's codec rate (with a model family: its own); lower rates: warning
     min_duration: float = 0.3  # seconds; shorter clips are mostly silence or a cut-off word
     max_duration: float = 30.0  # seconds; longer clips blow the token budget of a batch
     min_chars_per_second: float = 2.0  # below: the transcript is probably missing words
@@ -124,25 +125,9 @@ class SequenceLimit:
 
 
 def sequence_limit(family: ModelFamily) -> SequenceLimit:
-    """The limit of a model family: its max_seq_len, its codec's frame length, and its own build_sample
-    for the sequence, so the count is the one training will see. (Beyond the ModelFamily protocol this
-    reads `config.max_seq_len`, `config.num_codebooks` and `codec_config()`, as Fish Speech has them.)"""
-    import torch  # here, not at the top: `validate` without a model stays light
-
-    codec = family.codec_config()
-    num_codebooks = family.config.num_codebooks
-
-    def frames(seconds: float) -> int:
-        # As the codec counts them: ceil(samples / frame_length) at its sample rate; the epsilon keeps a
-        # whole number of samples (seconds = samples / rate in floating point) from rounding up.
-        samples = math.ceil(seconds * codec.sample_rate - 1e-6)
-        return max(1, -(-samples // codec.frame_length))
-
-    def length(text: str, num_frames: int) -> int:
-        codes = torch.zeros(num_codebooks, num_frames, dtype=torch.long)
-        return int(family.build_sample(text, codes).tokens.shape[1])
-
-    return SequenceLimit(family.config.max_seq_len, frames, length)
+    """The limit of a model family: its max_seq_len, its codec's frames, and its own training sequence, so the
+    count is the one training will see."""
+    return SequenceLimit(family.max_seq_len, family.frames_for_seconds, family.sequence_length)
 
 
 def _probe_star(args: tuple[str, ValidationConfig]) -> AudioProbe:
@@ -323,7 +308,10 @@ def validate_items(
     """Run every check on `items`; `earlier_problems` (from ingest) are reported first. With the model
     `family` (tts_lib.models.load_family), items too long for the model are errors (too_long_for_model)."""
     config = config or ValidationConfig()
-    limit = sequence_limit(family) if family is not None else None
+    limit = None
+    if family is not None:  # the model's own codec rate and sequence limit
+        config = dataclasses.replace(config, sample_rate=family.sample_rate)
+        limit = sequence_limit(family)
     problems, probes, per_item = check_items(items, config, encoder, limit)
     earlier = earlier_problems or []
     # Ingest already named the file and line of bad UTF-8; keep its message, not a second one.

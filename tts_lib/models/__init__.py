@@ -64,6 +64,11 @@ class ModelFamily(Protocol):
     # what loss_parts(model, batch).counts will be, known before the forward pass (the update's totals)
     def supervised_counts(self, model: Any, batch: dict[str, Any]) -> dict[str, int]: ...
     selection_metric: str  # the validation metric (lower is better) that picks the best checkpoint
+    sample_rate: int  # Hz the family's codec takes audio at
+    frame_rate: float  # codec frames (training targets) per second of audio
+    max_seq_len: int  # positions of the longest training sequence the model takes
+    def frames_for_seconds(self, seconds: float) -> int: ...  # as the codec counts them
+    def sequence_length(self, text: str, frames: int) -> int: ...  # positions of that item's training sequence
     def generate(self, model: Any, text: str, references: Any = (), **sampling: Any) -> Any: ...
     def save(self, model: Any, out: str | Path) -> Path: ...
     # training FLOPs (forward + backward) per supervised token in mode quick_lora or full

@@ -144,7 +144,7 @@ def plan_finetune(config: FinetuneConfig, out_setting: str = "--out") -> Plan:
     print(f"version {out.name} (#{run['number']}): {config.mode}; {start.note}")
     report, items = prepare(config, out, start, family)
     new = parents.new_items(items, start.manifest)
-    frames = {i.id: frames_for_duration(i.duration or 0) for i in items}
+    frames = {i.id: frames_for_duration(i.duration or 0, family.frame_rate) for i in items}
     train_items = [i for i in items if i.split == "train"]
     new_frames = sum(frames[i.id] for i in new if i.split == "train")
     total_frames = sum(frames[i.id] for i in train_items)

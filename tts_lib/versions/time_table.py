@@ -18,7 +18,6 @@ notebook times real steps before training and prices those.
 
 from __future__ import annotations
 
-from tts_lib.data.sampler import FRAME_RATE
 from tts_lib.models.fish_speech.config import S1_MINI_CONFIG
 from tts_lib.training import memory_needs
 from tts_lib.training.flops import ASSUMED_MFU
@@ -29,6 +28,7 @@ AUDIO_HOURS = 10  # FLEURS Finnish (train + dev) is roughly this
 SPEAKER_HOURS = 1  # two_phase's second phase: one speaker's share
 EPOCHS = {"full": 5, "lora": 20}  # tts_lib.versions.finetune.EPOCHS (a test keeps them equal)
 MIN_STEPS = 100  # tts_lib.versions.finetune.MIN_STEPS["fresh"]
+FRAME_RATE = 44100 / 2048  # S1-mini's codec: frames per second of audio
 TOKENS_PER_FRAME = 1 + S1_MINI_CONFIG["num_codebooks"]  # supervised: the slow position and each codebook
 SHOWN_GPUS = ("L4", "L40S", "A100-40GB", "A100-80GB", "H100-80GB")  # the rows people rent; those that hold the mode
 PHASE_MODE = {"full": "full", "lora": "quick_lora"}  # the memory plan's (and FLOP count's) name of a phase kind

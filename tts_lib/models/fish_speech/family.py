@@ -4,6 +4,7 @@ compute loss components, generate, and save in upstream's layout."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +97,31 @@ class FishSpeechFamily:
     collate = staticmethod(collate)
 
     selection_metric = SELECTION_METRIC
+
+    @property
+    def sample_rate(self) -> int:
+        return self.codec_config().sample_rate
+
+    @property
+    def frame_rate(self) -> float:
+        codec = self.codec_config()
+        return codec.sample_rate / codec.frame_length  # S1-mini: 44100 / 2048, about 21.5
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.config.max_seq_len
+
+    def frames_for_seconds(self, seconds: float) -> int:
+        """As the codec counts them: ceil(samples / frame_length); the epsilon keeps a whole number of samples
+        (seconds = samples / rate in floating point) from rounding up."""
+        codec = self.codec_config()
+        samples = math.ceil(seconds * codec.sample_rate - 1e-6)
+        return max(1, -(-samples // codec.frame_length))
+
+    def sequence_length(self, text: str, frames: int) -> int:
+        """Positions of the training sequence build_sample makes of `text` and `frames` codec frames."""
+        codes = torch.zeros(self.config.num_codebooks, frames, dtype=torch.long)
+        return int(self.build_sample(text, codes).tokens.shape[1])
 
     @staticmethod
     def loss_parts(model: FishSpeechLM, batch: dict[str, Tensor]) -> LossParts:
