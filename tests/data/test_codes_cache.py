@@ -122,3 +122,29 @@ def test_the_estimate_scales_the_first_batch_to_all_the_audio():
     line = estimate_line(first_audio_s=60.0, first_s=2.0, total_audio_s=3600.0)  # 30 s of audio per second
     assert "about 2.0 min" in line and "30.0 s of audio per second" in line
     assert "no time estimate" in estimate_line(0.0, 1.0, 10.0)
+
+
+def test_targets_are_stored_exactly_whatever_their_dtype_and_shape(tmp_path):
+    """Integer codes go to the smallest int dtype that holds them; float latents (continuous targets, as
+    VoxCPM trains on) keep every bit; the loop gets int64 codes and the floats unchanged."""
+    import torch
+
+    from tts_lib.data.codes_cache import save_codes
+    from tts_lib.training.train import targets
+
+    cases = {
+        "codes": (np.array([[0, 4095], [7, 1]], dtype=np.int64), np.int16),
+        "negative": (np.array([[-40000, 5]]), np.int32),
+        "latents": (np.random.default_rng(0).normal(size=(3, 5, 64)).astype(np.float32), np.float32),
+        "latents64": (np.random.default_rng(1).normal(size=(7,)), np.float64),
+    }
+    for name, (values, stored_as) in cases.items():
+        save_codes(tmp_path / f"{name}.npy", values)
+        stored = np.load(tmp_path / f"{name}.npy")
+        assert stored.dtype == stored_as and np.array_equal(stored, values), name
+        loaded = targets(stored)
+        integer = np.issubdtype(values.dtype, np.integer)
+        assert loaded.dtype == (torch.int64 if integer else torch.from_numpy(values).dtype), name
+        assert np.array_equal(loaded.numpy(), values), name
+    with pytest.raises(TypeError, match="integer codes or float latents, found <U1"):
+        save_codes(tmp_path / "text.npy", np.array(["a"]))

@@ -45,8 +45,17 @@ def cache_path(cache_dir: Path, codec_hash: str, audio_hash: str) -> Path:
 
 
 def save_codes(path: Path, codes: np.ndarray) -> None:
+    """A family's training targets, stored exactly: integer codes in the smallest of int16/int32 that holds
+    them (a quarter of int64's disk), float latents (continuous targets) in their own dtype, any shape."""
+    if np.issubdtype(codes.dtype, np.integer):
+        for small in (np.int16, np.int32):
+            if codes.size == 0 or (np.iinfo(small).min <= codes.min() and codes.max() <= np.iinfo(small).max):
+                codes = codes.astype(small)
+                break
+    elif not np.issubdtype(codes.dtype, np.floating):
+        raise TypeError(f"{path}: training targets must be integer codes or float latents, found {codes.dtype}")
     buffer = io.BytesIO()
-    np.save(buffer, codes.astype(np.int16 if codes.max(initial=0) < 2**15 else np.int32))
+    np.save(buffer, codes)
     atomic_write_bytes(path, buffer.getvalue())
 
 

@@ -109,7 +109,13 @@ class TrainingLoss(nn.Module):
 
 
 def load_samples(family, items) -> list:
-    return [family.build_sample(i.text, torch.from_numpy(np.load(i.codes).astype(np.int64))) for i in items]
+    """Each item's training sequence from its stored targets: integer codes as int64 (what embeddings index
+    with), float latents exactly as stored."""
+    return [family.build_sample(i.text, targets(np.load(i.codes))) for i in items]
+
+
+def targets(stored: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(stored.astype(np.int64) if np.issubdtype(stored.dtype, np.integer) else stored)
 
 
 @torch.no_grad()
