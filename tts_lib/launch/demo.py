@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "finetune.ipynb"
@@ -29,6 +30,12 @@ def ipc_kernel_manager():
         @default("transport")
         def _default_transport(self) -> str:
             return "ipc"
+
+        @default("ip")
+        def _default_ip(self) -> str:
+            # the sockets' path prefix; jupyter_client's default puts them in the working folder (notebooks/),
+            # where a killed run would leave them for git and copies to trip on
+            return str(Path(tempfile.mkdtemp(prefix="tts-lib-kernel-")) / "kernel-ipc")
 
     return IPCKernelManager
 # Small enough for a CPU: a few seconds per step on the tiny model, a few minutes in all.

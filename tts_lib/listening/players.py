@@ -63,12 +63,8 @@ def synthesize(
     """`text` spoken by `model` -> (float32 wave, sample rate). The codec runs on the model's device unless
     `device` says otherwise; a model that stops at once gives an empty wave."""
     device = device if device is not None else next(model.parameters()).device
-    codec = family.codec(device)  # first, so generate() finds the codec's settings
-    codes = family.generate(model, text, references, max_new_tokens=max_new_tokens, seed=seed)
-    if codes.shape[1] == 0:
-        return np.zeros(0, np.float32), codec.sample_rate
-    wave = codec.decode(codes.to(codec.device)).float().cpu().numpy()
-    return wave.astype(np.float32, copy=False), codec.sample_rate
+    generated = family.generate(model, text, references, max_new_tokens=max_new_tokens, seed=seed)
+    return family.decode(generated, device), family.sample_rate
 
 
 def render_versions(

@@ -20,9 +20,7 @@ Running the same command again resumes an interrupted run and ends with the same
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import itertools
 import json
 import time
 from collections import defaultdict
@@ -30,28 +28,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import torch
-
 from tts_lib.common.config_io import config_to_dict
 from tts_lib.common.errors import DataError
 from tts_lib.common.fileio import atomic_write_json, default_cache_dir
 from tts_lib.data.codes_cache import extract_codes
 from tts_lib.data.manifest import Item, read_manifest, write_manifest
 from tts_lib.data.prepare import prepare_dataset
-from tts_lib.data.sampler import LengthBucketedBatchSampler, frames_for_duration
+from tts_lib.data.sampler import frames_for_duration
 from tts_lib.data.validate import ValidationReport
 from tts_lib.data.validation_report import format_report
 from tts_lib.launch.bundle import is_random_demo, resolve_base_model
 from tts_lib.listening.forgetting import check_forgetting, format_forgetting
 from tts_lib.listening.plots import plot_dataset, plot_run
 from tts_lib.models import load_family
-from tts_lib.training.adapters import AdapterConfig, add_adapters
+from tts_lib.training.adapters import AdapterConfig
 from tts_lib.training.checkpoints import data_fingerprint
 from tts_lib.training.device import auto_max_tokens, pick_device
-from tts_lib.training.train import choose_precision, load_samples, train
+from tts_lib.training.train import choose_precision, train
 from tts_lib.training.train_config import TrainConfig
 from tts_lib.training.train_log import progress_bar
 from tts_lib.versions import cost, lineage, parents
+from tts_lib.versions.estimate import estimate_run
 
 MODE_LR = {"full": 1e-5, "lora": 1e-4}  # upstream's LoRA recipe; full fine-tunes move all weights, so 10x lower
 EPOCHS = {"full": 5, "lora": 20}  # recommended passes over the data when max_steps is not given
@@ -173,89 +170,133 @@ def plan_finetune(config: FinetuneConfig, out_setting: str = "--out") -> Plan:
 
 
 def run_plan(plan: Plan, on_metrics=None) -> dict:
-    """Train (one or two phases), merge and verify, write lineage metadata, package, results.json."""
-    config, out, start, steps, lr, lora_lr = plan.config, plan.out, plan.start, plan.steps, plan.lr, plan.lora_lr
-    speaker_data, items, new, estimate = plan.speaker_data, plan.items, plan.new, plan.estimate
+    """The version's stages, one call each: train (one or two phases), merge and verify, check forgetting,
+    write lineage metadata, then model cards, package and results.json."""
     lock_run(plan)
     started = time.monotonic()
-    best_key = "best_" + load_family(plan.base).selection_metric  # e.g. best_val_codebook_loss
-    plot_dataset(plan.report, out / "dataset.png")
-    plots = [out / "dataset.png"]
+    trained = train_phases(plan, on_metrics)
+    if trained is None:
+        return interrupted(plan.out, plan.out_setting)
+    if trained.adapter is not None:
+        merge_and_verify(plan, trained)
+    forgetting = check_version_forgetting(plan, trained)
+    meta = record_lineage(plan, trained, forgetting, time.monotonic() - started)
+    return write_results(plan, trained, forgetting, meta)
 
-    # ---- train --------------------------------------------------------------------------------
-    outputs: dict[str, str] = {"manifest": "data/manifest.jsonl"}
-    lora_start, metrics = start, {}
+
+@dataclass
+class Trained:
+    """What the training phases left: output folders relative to the version folder, each phase's best
+    validation and steps, plots, and what the last phase started from."""
+
+    outputs: dict[str, str]
+    metrics: dict[str, dict]
+    plots: list[Path]
+    last_start: parents.Start  # the weights (and adapter) the last phase started from
+    adapter: Path | None  # the LoRA phase's final adapter folder
+    metric: str  # the family's selection metric, e.g. val_codebook_loss
+
+
+def train_phases(plan: Plan, on_metrics=None) -> Trained | None:
+    """full and/or LoRA phases as the mode says; None when a signal stopped one (a rerun resumes it)."""
+    config, out, start = plan.config, plan.out, plan.start
+    metric = load_family(plan.base).selection_metric
+    plot_dataset(plan.report, out / "dataset.png")
+    trained = Trained({"manifest": "data/manifest.jsonl"}, {}, [out / "dataset.png"], start, None, metric)
     if config.mode in ("full", "two_phase"):
         first = "phase1_full" if config.mode == "two_phase" else "train"
-        engine = phase(config, start.weights, out / "data" / "manifest.jsonl", out / first, steps, lr, False, None)
+        engine = phase(config, start.weights, out / "data" / "manifest.jsonl", out / first, plan.steps, plan.lr,
+                       False, None)  # fmt: skip
         result = train(engine, on_metrics)
         if result.interrupted:
-            return interrupted(out, plan.out_setting)
-        plots.append(plot_run(out / first))
-        metrics["full"] = {best_key: result.best_metric, "steps": result.step}
-        outputs["language_base_dir" if config.mode == "two_phase" else "merged_dir"] = f"{first}/final"
-        lora_start = parents.Start("phase1", out / first / "final")
+            return None
+        trained.plots.append(plot_run(out / first))
+        trained.metrics["full"] = {f"best_{metric}": result.best_metric, "steps": result.step}
+        trained.outputs["language_base_dir" if config.mode == "two_phase" else "merged_dir"] = f"{first}/final"
+        trained.last_start = parents.Start("phase1", out / first / "final")
     if config.mode in ("quick_lora", "two_phase"):
-        manifest, lora_steps = speaker_data or (out / "data" / "manifest.jsonl", steps)
+        manifest, lora_steps = plan.speaker_data or (out / "data" / "manifest.jsonl", plan.steps)
         run_dir = out / ("phase2_lora" if config.mode == "two_phase" else "train")
-        engine = phase(
-            config, lora_start.weights, manifest, run_dir, lora_steps, lora_lr, True, lora_start.init_adapter
-        )
+        lora_start = trained.last_start
+        engine = phase(config, lora_start.weights, manifest, run_dir, lora_steps, plan.lora_lr, True,
+                       lora_start.init_adapter)  # fmt: skip
         result = train(engine, on_metrics)
         if result.interrupted:
-            return interrupted(out, plan.out_setting)
-        plots.append(plot_run(run_dir))
-        metrics["lora"] = {best_key: result.best_metric, "steps": result.step}
-        outputs["adapter_dir"] = str(result.final_model.relative_to(out))
-        merged = out / "merged"
-        if not merged.exists():  # exports are atomic: an existing folder is a finished one
-            from tts_lib.versions.export import merge_adapter_folder
+            return None
+        trained.plots.append(plot_run(run_dir))
+        trained.metrics["lora"] = {f"best_{metric}": result.best_metric, "steps": result.step}
+        trained.outputs["adapter_dir"] = str(result.final_model.relative_to(out))
+        trained.adapter = result.final_model
+    return trained
 
-            report = merge_adapter_folder(lora_start.weights, result.final_model, merged)
-            print(f"merged and verified: max |logit diff| {report.max_abs_diff:.2e} <= {report.tolerance:.2e}")
-        outputs["merged_dir"] = "merged"
-    # did the new data push out what the parent knew? (None unless a parent version with a manifest)
-    forgetting = check_forgetting(start, out / outputs["merged_dir"], items, config.forgetting_margin,
-                                  config.train.max_tokens, config.train.precision)  # fmt: skip
+
+def merge_and_verify(plan: Plan, trained: Trained) -> None:
+    """The adapter merged into the weights it trained on, in `merged/`, verified (tts_lib.versions.export)."""
+    merged = plan.out / "merged"
+    if not merged.exists():  # exports are atomic: an existing folder is a finished one
+        from tts_lib.versions.export import merge_adapter_folder
+
+        report = merge_adapter_folder(trained.last_start.weights, trained.adapter, merged)
+        print(f"merged and verified: max |logit diff| {report.max_abs_diff:.2e} <= {report.tolerance:.2e}")
+    trained.outputs["merged_dir"] = "merged"
+
+
+def check_version_forgetting(plan: Plan, trained: Trained) -> dict | None:
+    """Did the new data push out what the parent knew? None unless a parent version with a manifest."""
+    config = plan.config
+    merged = plan.out / trained.outputs["merged_dir"]
+    forgetting = check_forgetting(plan.start, merged, plan.items, config.forgetting_margin, config.train.max_tokens,
+                                  config.train.precision)  # fmt: skip
     if forgetting is not None:
-        atomic_write_json(out / "forgetting.json", forgetting)
+        atomic_write_json(plan.out / "forgetting.json", forgetting)
         print(format_forgetting(forgetting))
-    wall = time.monotonic() - started
+    return forgetting
 
-    # ---- lineage, package, results ------------------------------------------------------------
+
+def record_lineage(plan: Plan, trained: Trained, forgetting: dict | None, wall: float) -> dict:
+    """metadata.json: where the version came from, on what data, with what settings, at what cost."""
+    config, out, start, items, new = plan.config, plan.out, plan.start, plan.items, plan.new
     actual = cost.actual_cost(wall, plan.gpu, plan.table)
     hours = {"new": sum(i.duration or 0 for i in new) / 3600, "total": sum(i.duration or 0 for i in items) / 3600}
     # the last phase made the exported model; two_phase's language phase is kept beside it
-    metric = best_key.removeprefix("best_")
-    best = {metric: metrics[list(metrics)[-1]][best_key]}
+    metric, metrics = trained.metric, trained.metrics
+    best = {metric: metrics[list(metrics)[-1]][f"best_{metric}"]}
     if config.mode == "two_phase":
-        best["language_" + metric] = metrics["full"][best_key]
+        best["language_" + metric] = metrics["full"][f"best_{metric}"]
+    lr, lora_lr, estimate = plan.lr, plan.lora_lr, plan.estimate
     meta = {
         "version": out.name, "number": plan.number, "parent": start.parent, "mode": config.mode,
         "base_model": {**plan.identity, "folder": str(plan.base.resolve()),
                        **({"random_weights": True} if is_random_demo(plan.base) else {})},
-        "start_model": {"folder": str(lora_start.weights.resolve())},
+        "start_model": {"folder": str(trained.last_start.weights.resolve())},
         "dataset_fingerprint": data_fingerprint(items), "samples": {"new": len(new), "total": len(items)},
-        "hours": hours, "steps": steps, "best_val": best,
+        "hours": hours, "steps": plan.steps, "best_val": best,
         "hyperparameters": {"lr": lora_lr if config.mode == "quick_lora" else lr, "full_lr": lr, "lora_lr": lora_lr,
                             **config_to_dict(config.adapter), "max_tokens": config.train.max_tokens},
-        "forgetting": forgetting, "wall_time_s": wall, "created_at": lineage.utc_now(), "outputs": outputs,
+        "forgetting": forgetting, "wall_time_s": wall, "created_at": lineage.utc_now(), "outputs": trained.outputs,
         "cost": {"gpu": plan.gpu, "priced_for": estimate.get("price_for"),
                  "estimated_usd": estimate.get("usd"), "estimated_hours": estimate.get("hours"),
                  "actual_usd": actual["usd"], "actual_hours": actual["hours"]},
     }  # fmt: skip
     lineage.write_metadata(out, meta)
+    return meta
+
+
+def write_results(plan: Plan, trained: Trained, forgetting: dict | None, meta: dict) -> dict:
+    """Model cards, the package to download, and results.json (written last: it marks the version finished)."""
     from tts_lib.versions.package import package_version, write_model_cards
 
+    out = plan.out
     write_model_cards(out)  # README.md in merged/ and the adapter folder: a folder copied alone says what it is
     package = None
-    if config.package:
+    if plan.config.package:
         package = str(package_version(out))
         print(f"package for download: {package}")
     results = {
-        "version": out.name, "mode": config.mode, "parent": start.parent, **outputs,
-        "metrics": metrics, "cost": meta["cost"], "package": package and Path(package).relative_to(out).as_posix(),
-        "plots": [p.relative_to(out).as_posix() for p in plots], "forgetting": forgetting,
+        "version": out.name, "mode": plan.config.mode, "parent": plan.start.parent, **trained.outputs,
+        "metrics": trained.metrics, "cost": meta["cost"],
+        "package": package and Path(package).relative_to(out).as_posix(),
+        "plots": [p.relative_to(out).as_posix() for p in trained.plots], "forgetting": forgetting,
         "metadata": lineage.METADATA_FILE,
     }  # fmt: skip
     results.setdefault("adapter_dir", None)
@@ -373,70 +414,6 @@ def speaker_manifest(config: FinetuneConfig, out: Path, items: list[Item], frame
     steps = config.speaker_max_steps or parents.recommended_steps(train_frames, budget, EPOCHS["lora"], 20)
     print(f"phase two: speaker {speaker} ({seconds[speaker] / 60:.1f} min of training audio), {steps} steps")
     return path, steps
-
-
-def estimate_run(config, out, start, train_items, steps, scratch, table, machine) -> tuple[dict, str]:
-    """Time a few real training steps (forward + backward) and price the planned tokens."""
-    path = out / "estimate.json"
-    settings = config_to_dict(config)
-    saved = read_json(path) if path.is_file() else {}
-    if saved.get("config") == settings:  # measured for these settings (a rerun, or a resumed run)
-        return saved, saved.get("text", "")
-    if config.estimate_steps <= 0 or not train_items:
-        return {}, "no cost estimate (estimate_steps is 0)"
-    lora = config.mode == "quick_lora"
-    throughput, tokens_per_step = time_training_steps(config, start.weights, lora, train_items, config.estimate_steps)
-    planned = int(steps * tokens_per_step)
-    scratch_tokens = int(scratch * tokens_per_step) if scratch else None
-    # nothing measured here scales to a GPU (a CPU, or a GPU not in the table): count the FLOPs instead
-    counted = None
-    if machine.key is None:
-        counted = load_family(start.weights).flops_per_token("quick_lora" if lora else "full",
-                                                             config.train.gradient_checkpointing)  # fmt: skip
-    estimate = cost.estimate_cost(planned, throughput, machine.key, table, scratch_tokens, price_for=config.gpu,
-                                  machine=machine.name, flops_per_token=counted)  # fmt: skip
-    text = cost.format_estimate(estimate)
-    first = estimate.rows[0] if estimate.rows else None
-    # the first row is the GPU the plan is priced for (or this machine): its hours and dollars go into the metadata
-    saved = {**estimate.to_json(), "hours": first.hours if first else None, "usd": first.usd if first else None,
-             "text": text, "config": settings}  # fmt: skip
-    atomic_write_json(path, saved)
-    return saved, text
-
-
-def time_training_steps(
-    config: FinetuneConfig, weights: Path, lora: bool, items: list[Item], steps: int
-) -> tuple[cost.Throughput, float]:
-    """(throughput of `steps` timed forward+backward passes, supervised tokens per optimiser step).
-
-    The model is a throwaway copy and no optimiser steps, so the run itself starts untouched; the
-    optimiser's own step is left out, which makes the estimate a little optimistic for full runs."""
-    family = load_family(weights)
-    device = pick_device(config.train.device)  # the training device, as the run itself will use
-    amp_dtype, _ = choose_precision(config.train.precision, device)
-    model = family.load_model(device=device, dtype=torch.float32)
-    if lora:
-        model = add_adapters(model, config.adapter)
-    model.train()
-    samples = load_samples(family, items)
-    lengths = [s.tokens.shape[1] for s in samples]
-    batches = list(LengthBucketedBatchSampler(lengths, config.train.max_tokens, config.train.max_items, seed=0))
-    collated = [family.collate([samples[i] for i in b]) for b in batches]
-    tokens = [sum(family.supervised_counts(model, b).values()) for b in collated]
-    order = itertools.cycle(range(len(collated)))
-
-    def step() -> int:
-        k = next(order)
-        batch = {name: t.to(device) for name, t in collated[k].items()}
-        with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext():
-            parts = family.loss_parts(model, batch)
-            loss = parts.loss()
-        loss.backward()
-        model.zero_grad(set_to_none=True)
-        return tokens[k]
-
-    throughput = cost.measure_training_throughput(step, warmup=1, steps=steps)
-    return throughput, sum(tokens) / len(tokens) * config.train.grad_accum
 
 
 def read_json(path: Path) -> dict:

@@ -142,6 +142,18 @@ class FishSpeechFamily:
             model, prompt, im_end_id=self.tokenizer.token_id(IM_END), residual_codebook_size=residual, **sampling
         )
 
+    def encode_reference(self, wave: np.ndarray, device: str | torch.device = "cpu") -> Tensor:
+        """A reference clip (mono float wave at sample_rate) -> its codes (num_codebooks, F), on the CPU."""
+        codec = self.codec(device)
+        return codec.encode(torch.as_tensor(wave, device=codec.device)).cpu()
+
+    def decode(self, codes: Tensor, device: str | torch.device = "cpu") -> np.ndarray:
+        """Generated codes (num_codebooks, F) -> float32 wave at sample_rate (empty for no frames)."""
+        codec = self.codec(device)
+        if codes.shape[-1] == 0:
+            return np.zeros(0, np.float32)
+        return codec.decode(codes.to(codec.device)).float().cpu().numpy().astype(np.float32, copy=False)
+
     def save(self, model: FishSpeechLM, out: str | Path) -> Path:
         """A complete checkpoint folder in upstream's layout: the model plus the base's other files."""
         out = Path(model.save_pretrained(out))
