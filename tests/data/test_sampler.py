@@ -249,3 +249,15 @@ def test_works_as_a_dataloader_batch_sampler():
     assert list(loader) == []  # exhausted: no batches ...
     sampler.set_epoch(2)  # ... until the next epoch
     assert [batch.tolist() for batch in loader] == sampler.global_batches(2)
+
+
+def test_next_batch_runs_through_epochs_and_resumes_from_its_own_state():
+    lengths = [random.Random(3).randint(5, 60) for _ in range(40)]
+    sampler = LengthBucketedBatchSampler(lengths, max_tokens=120, seed=7)
+    per_epoch = len(sampler.rank_batches(0))
+    taken = [sampler.next_batch() for _ in range(per_epoch + 3)]
+    assert taken[:per_epoch] == sampler.rank_batches(0) and taken[per_epoch:] == sampler.rank_batches(1)[:3]
+    assert (sampler.epoch, sampler.position) == (1, 3)
+    again = LengthBucketedBatchSampler(lengths, max_tokens=120, seed=7)
+    again.load_state_dict(sampler.state_dict())
+    assert [again.next_batch() for _ in range(per_epoch)] == [sampler.next_batch() for _ in range(per_epoch)]

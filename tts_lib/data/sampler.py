@@ -169,6 +169,15 @@ class LengthBucketedBatchSampler:
             self.position += 1
             yield list(batch)
 
+    def next_batch(self) -> list[int]:
+        """This rank's next batch, going on to the next epoch when the current one is used up: for a loop that
+        takes batches one at a time (no DataLoader prefetching), so `state_dict()` holds exactly what it consumed."""
+        if self.position >= len(self.rank_batches(self.epoch)):
+            self.set_epoch(self.epoch + 1)
+        batch = self.rank_batches(self.epoch)[self.position]
+        self.position += 1
+        return list(batch)
+
     def state_dict(self, position: int | None = None) -> dict[str, Any]:
         """Where this rank is; `position` overrides the batches-handed-out count (see class doc)."""
         return {

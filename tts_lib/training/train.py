@@ -246,7 +246,7 @@ def train(config: TrainConfig, on_metrics: Callable[[dict], None] | None = None)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     ema = EMA(model, config.ema_decay) if config.ema_decay is not None else None
     fingerprint = ckpt.data_fingerprint(items)
-    step, epoch, position, best, bad_validations, bad_steps = 0, 0, 0, None, 0, 0
+    step, best, bad_validations, bad_steps = 0, None, 0, 0
 
     # ---- resume -----------------------------------------------------------------------------
     if state is not None:
@@ -267,7 +267,7 @@ def train(config: TrainConfig, on_metrics: Callable[[dict], None] | None = None)
         if ema is not None:
             ema = EMA.from_model_or_state(model, state[ckpt.EMA], config.ema_decay, log=say)
         sampler.load_state_dict(state[ckpt.SAMPLER])
-        step, epoch, position = state[ckpt.STEP], sampler.epoch, sampler.position
+        step = state[ckpt.STEP]
         best, bad_validations = state[ckpt.BEST_METRIC], state[ckpt.EARLY_STOP]["bad_validations"]
         ckpt.set_rng_state(state[ckpt.RNG], info.rank)
         dropped = ckpt.drop_best_after(run_dir, step) if info.is_main else None
@@ -284,12 +284,11 @@ def train(config: TrainConfig, on_metrics: Callable[[dict], None] | None = None)
         rng = distributed.gather_to_main(info, ckpt.rng_state())  # every process's: dropout resumes exactly
         if not (info.is_main or sharded):  # under FSDP every rank helps gather the shards
             return
-        sampler.set_epoch(epoch)
         payload = {
             ckpt.MODEL: ckpt.trainable_state(model), ckpt.OPTIMIZER: distributed.optimizer_state(model, optimizer),
             ckpt.SCHEDULER: scheduler.state_dict(), ckpt.SCALER: scaler.state_dict(),
             ckpt.EMA: ema.state_dict() if ema else None, ckpt.RNG: rng,
-            ckpt.SAMPLER: sampler.state_dict(position=position), ckpt.EPOCH: epoch, ckpt.BEST_METRIC: best,
+            ckpt.SAMPLER: sampler.state_dict(), ckpt.EPOCH: sampler.epoch, ckpt.BEST_METRIC: best,
             ckpt.EARLY_STOP: {"bad_validations": bad_validations}, ckpt.CONFIG: config_to_dict(config),
             ckpt.DATA_FINGERPRINT: fingerprint,
         }  # fmt: skip
@@ -304,13 +303,6 @@ def train(config: TrainConfig, on_metrics: Callable[[dict], None] | None = None)
             if info.is_main:
                 ckpt.save_best(run_dir, step, weights, best, family.selection_metric)
 
-    def next_batch() -> list[int]:
-        nonlocal epoch, position
-        if position == len(sampler.rank_batches(epoch)):
-            epoch, position = epoch + 1, 0
-        position += 1
-        return sampler.rank_batches(epoch)[position - 1]
-
     # ---- the loop ---------------------------------------------------------------------------
     stop = StopFlag()
     stopped_early = interrupted = False
@@ -321,7 +313,7 @@ def train(config: TrainConfig, on_metrics: Callable[[dict], None] | None = None)
             if interrupted:
                 break
             started = time.monotonic()
-            micro = [next_batch() for _ in range(config.grad_accum)]
+            micro = [sampler.next_batch() for _ in range(config.grad_accum)]
             batches = [
                 {k: v.to(device) for k, v in family.collate([train_samples[i] for i in m]).items()} for m in micro
             ]
@@ -359,7 +351,7 @@ def train(config: TrainConfig, on_metrics: Callable[[dict], None] | None = None)
             row = {
                 "step": step, "loss": loss_value, "lr": optimizer.param_groups[0]["lr"], "grad_norm": grad_norm,
                 "tokens_per_s": tokens / seconds,
-                "items_per_s": sum(map(len, micro)) * info.world_size / seconds, "epoch": epoch,
+                "items_per_s": sum(map(len, micro)) * info.world_size / seconds, "epoch": sampler.epoch,
             }  # fmt: skip
             improved = False
             if config.val_every and val_samples and (step % config.val_every == 0 or step == config.max_steps):
