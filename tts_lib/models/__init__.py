@@ -1,9 +1,9 @@
 """Model families tts_lib can fine-tune, behind one small interface.
 
-A family loads a checkpoint folder, turns audio into training targets (codes), builds and batches
-training sequences, computes loss components, generates, and saves in its own upstream layout.
-The trainer, the data layer and the notebooks use only this surface, so a second family (VoxCPM,
-XTTS v2, IndexTTS2) plugs in without touching them.
+A family loads a checkpoint folder, turns audio into training targets (integer codes or float latents),
+builds and batches training sequences, computes named loss components, generates, and saves in its own
+upstream layout. `ModelFamily` below lists the interface and what each member guarantees. The stages use
+this surface; the places that still reach past it are listed in tests/test_layout.py (issue 13).
 """
 
 from __future__ import annotations
@@ -52,34 +52,60 @@ class LossParts:
 
 
 class ModelFamily(Protocol):
+    """What the stages need of a model family, and what each member must guarantee. A family is made from a
+    checkpoint folder in its upstream layout (`load_family`); nothing outside tts_lib/models/<family>/ knows more.
+
+    Loading and saving
+      load_model(device, dtype): the model, weights as in the folder (dtype None: the file's), in eval mode.
+      identity(): {"id", "hash"}: the sha256 of the weights; adapters and lineage record it as "the base".
+      save(model, out): a complete folder in the upstream layout that upstream's own loader and load_family
+        both load with every key; writes atomically, returns `out`.
+
+    Data
+      sample_rate, frame_rate: the codec's input rate (Hz) and training targets per second of audio.
+      codec_spec(device): a batched encoder for the features cache; targets are integer codes or float latents
+        of any shape, stored exactly (tts_lib.data.codes_cache).
+      frames_for_seconds(s), sequence_length(text, frames), max_seq_len: an item's training sequence length
+        exactly as build_sample will make it, so validation refuses what training cannot take.
+      build_sample(text, targets), collate(samples): training sequences and padded batches (dict of tensors).
+
+    Training
+      loss_parts(model, batch): LossParts with named components (sums and supervised counts, not means), so the
+        loop normalises each over a whole update; supervised_counts(model, batch) returns the same counts
+        without a forward pass. selection_metric ("val_<component>_loss" or a score; lower is better) is what
+        best checkpoints, early stopping and the forgetting check compare.
+      flops_per_token(mode), max_tokens_for(mode, free_gib, ...): the training step's counted FLOPs and the
+        largest token budget its memory plan fits; mode is quick_lora or full.
+
+    Listening
+      generate(model, text, references): targets for `text`, with (transcript, encode_reference(wave)) pairs as
+        voice references; decode(targets): a float32 wave at sample_rate (empty for no frames).
+    """
+
     name: str
     folder: Path
+    selection_metric: str
+    sample_rate: int
+    frame_rate: float
+    max_seq_len: int
 
     def load_model(self, device: Any = "cpu", dtype: Any = None) -> Any: ...
-    def identity(self) -> dict[str, str]: ...  # {"id": name, "hash": sha256 of the weights}
+    def identity(self) -> dict[str, str]: ...
+    def save(self, model: Any, out: str | Path) -> Path: ...
     def codec_spec(self, device: Any = "cpu") -> CodecSpec: ...
-    def build_sample(self, text: str, codes: Any) -> Any: ...
+    def frames_for_seconds(self, seconds: float) -> int: ...
+    def sequence_length(self, text: str, frames: int) -> int: ...
+    def build_sample(self, text: str, targets: Any) -> Any: ...
     def collate(self, samples: list[Any]) -> dict[str, Any]: ...
     def loss_parts(self, model: Any, batch: dict[str, Any]) -> LossParts: ...
-    # what loss_parts(model, batch).counts will be, known before the forward pass (the update's totals)
     def supervised_counts(self, model: Any, batch: dict[str, Any]) -> dict[str, int]: ...
-    selection_metric: str  # the validation metric (lower is better) that picks the best checkpoint
-    sample_rate: int  # Hz the family's codec takes audio at
-    frame_rate: float  # codec frames (training targets) per second of audio
-    max_seq_len: int  # positions of the longest training sequence the model takes
-    def frames_for_seconds(self, seconds: float) -> int: ...  # as the codec counts them
-    def sequence_length(self, text: str, frames: int) -> int: ...  # positions of that item's training sequence
-    def generate(self, model: Any, text: str, references: Any = (), **sampling: Any) -> Any: ...
-    # a reference clip (float wave at sample_rate) -> what generate takes as the reference's targets
-    def encode_reference(self, wave: Any, device: Any = "cpu") -> Any: ...
-    def decode(self, targets: Any, device: Any = "cpu") -> Any: ...  # generated targets -> float32 wave at sample_rate
-    def save(self, model: Any, out: str | Path) -> Path: ...
-    # training FLOPs (forward + backward) per supervised token in mode quick_lora or full
     def flops_per_token(self, mode: str, gradient_checkpointing: bool = False) -> float: ...
-    # the largest max_tokens (at most cap) whose training step (mode quick_lora or full) fits free_gib less margin
     def max_tokens_for(
         self, mode: str, free_gib: float, margin: float, gradient_checkpointing: bool, precision: str, cap: int
     ) -> int: ...
+    def generate(self, model: Any, text: str, references: Any = (), **sampling: Any) -> Any: ...
+    def encode_reference(self, wave: Any, device: Any = "cpu") -> Any: ...
+    def decode(self, targets: Any, device: Any = "cpu") -> Any: ...
 
 
 def load_family(folder: str | Path) -> ModelFamily:
