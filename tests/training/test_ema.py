@@ -45,14 +45,42 @@ def test_swap_into_restores_live_weights_even_on_error():
         model[2].weight.add_(2.0)
     ema.update(model)
     live = {k: v.clone() for k, v in model.state_dict().items()}
+    averages = {k: v.clone() for k, v in ema.shadow.items()}
     with ema.swap_into(model):
-        torch.testing.assert_close(model[2].weight, ema.shadow["2.weight"])
+        assert torch.equal(model[2].weight, averages["2.weight"])
         assert not torch.equal(model[2].weight, live["2.weight"])
     for k, v in model.state_dict().items():
         assert torch.equal(v, live[k])
+    assert all(torch.equal(ema.shadow[k], v) for k, v in averages.items())  # the averages are back too, bit for bit
     with pytest.raises(RuntimeError), ema.swap_into(model):
         raise RuntimeError("validation failed")
     assert torch.equal(model[2].weight, live["2.weight"])
+    assert all(torch.equal(ema.shadow[k], v) for k, v in averages.items())
+
+
+def test_an_error_halfway_into_the_swap_undoes_only_what_was_swapped(monkeypatch):
+    model = tiny()
+    ema = EMA(model, decay=0.5, warmup=False)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema.update(model)
+    live = {k: v.clone() for k, v in model.state_dict().items()}
+    averages = {k: v.clone() for k, v in ema.shadow.items()}
+    calls, exchange = [], EMA._exchange
+
+    def failing_second(a, b):  # the first weight is exchanged, the second fails
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("out of memory")
+        exchange(a, b)
+
+    monkeypatch.setattr(EMA, "_exchange", staticmethod(failing_second))
+    with pytest.raises(RuntimeError, match="out of memory"), ema.swap_into(model):
+        pass
+    assert len(calls) == 3  # two on the way in (the second failed), the first undone
+    assert all(torch.equal(v, live[k]) for k, v in model.state_dict().items())
+    assert all(torch.equal(ema.shadow[k], v) for k, v in averages.items())
 
 
 def test_copy_to_writes_averages():
