@@ -35,7 +35,7 @@ def test_reports_the_machine(tmp_path, tiny):
         assert key in env, key
     assert env["cpu_cores"] >= 1 and env["disk_free_gb"] > 0 and env["torch"] == torch.__version__
     text = format_environment(env)
-    assert "CPU:" in text and "Disk:" in text and f"torch {torch.__version__}" in text and "memory plan" in text
+    assert "CPU:" in text and "Disk:" in text and f"torch {torch.__version__}" in text
 
 
 def test_tiny_demo_on_a_cpu_is_fine(monkeypatch, tmp_path, tiny):
@@ -72,3 +72,9 @@ def test_no_bf16_warns(monkeypatch, tmp_path, real):
 def test_unknown_mode_is_refused(tmp_path, tiny):
     with pytest.raises(ValueError, match="quick_lora"):
         check_environment("lora", tiny, path=tmp_path)
+
+
+def test_the_need_says_where_it_comes_from(tiny, real):
+    assert "(the tiny random demo model)" in format_environment(check_environment("quick_lora", base_model=tiny))
+    text = format_environment(check_environment("full", base_model=real))
+    assert "(memory plan of S1-mini, max_tokens 4096)" in text

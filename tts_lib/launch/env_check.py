@@ -71,6 +71,7 @@ def check_environment(
     tiny = is_random_demo(base_model)
     need = TINY_NEEDS_GB if tiny else needs[mode]
     env["vram_needed_gb"] = need
+    env["needs_basis"] = "the tiny random demo model" if tiny else "memory plan of S1-mini, max_tokens 4096"
     warnings = []
     if env["gpu"] is None:
         if not tiny:
@@ -104,6 +105,6 @@ def format_environment(env: dict[str, Any]) -> str:
         f"Disk:     {gb(env['disk_free_gb'])} free",
         f"Versions: tts_lib {env['tts_lib']}, torch {env['torch']}, CUDA {env['cuda'] or 'none'}, "
         f"Python {env['python']}",
-        f"Needs:    about {env['vram_needed_gb']:g} GiB of GPU memory for this mode (memory plan, max_tokens 4096)",
+        f"Needs:    about {env['vram_needed_gb']:g} GiB of GPU memory for this mode ({env['needs_basis']})",
     ]
     return "\n".join(lines + [f"WARNING: {w}" for w in env["warnings"]])
