@@ -20,9 +20,8 @@ KNOWN_UPWARD = {
 # Modules outside tts_lib/models/ that still import Fish Speech's own modules (issue 13: the family-neutral core
 # removes them). A new one fails this test; so does one that no longer does (take it off the list).
 KNOWN_FISH_IMPORTS = {
-    "tts_lib.cli",  # make-tiny-model
+    "tts_lib.cli",  # validate --tokenizer
     "tts_lib.gpu_check",  # S1-mini's shape
-    "tts_lib.launch.bundle",  # the tiny-demo model
     "tts_lib.training.flops",  # the memory plan and FLOP count build a Fish model
     "tts_lib.training.memory_plan",
     "tts_lib.versions.export",  # the verification probes

@@ -239,7 +239,7 @@ def cmd_versions(args: argparse.Namespace) -> int:
 
 
 def cmd_make_tiny_model(args: argparse.Namespace) -> int:
-    from tts_lib.models.fish_speech.tiny import make_tiny_checkpoint  # imports torch: only when asked
+    from tts_lib.models import make_tiny_checkpoint  # imports torch: only when asked
 
     out = make_tiny_checkpoint(args.out_dir, seed=args.seed, overwrite=args.overwrite)
     print(f"tiny-demo checkpoint written to {out} (random weights: it generates noise)")

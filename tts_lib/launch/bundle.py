@@ -104,7 +104,7 @@ def resolve_base_model(name: str, root: Path | None = None, relative_to: Path | 
         folder = tiny_demo_folder(root)
         if not (folder / "model.pth").is_file():
             from tts_lib.common.fileio import atomic_folder
-            from tts_lib.models.fish_speech.tiny import make_tiny_checkpoint
+            from tts_lib.models import make_tiny_checkpoint
 
             with atomic_folder(folder, overwrite=True) as tmp:  # never a half-written model for the next run
                 make_tiny_checkpoint(tmp, overwrite=True)
@@ -135,9 +135,9 @@ def resolve_base_model(name: str, root: Path | None = None, relative_to: Path | 
 
 def is_random_demo(folder: str | Path) -> bool:
     """True for a tiny-demo checkpoint (random weights), wherever it lies."""
-    from tts_lib.models.fish_speech.tiny import is_tiny_demo
+    from tts_lib.models import is_tiny_checkpoint
 
-    return is_tiny_demo(folder)
+    return is_tiny_checkpoint(folder)
 
 
 @dataclass

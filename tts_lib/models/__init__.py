@@ -124,3 +124,28 @@ def load_family(folder: str | Path) -> ModelFamily:
         f"{config}: model_type {model_type!r} is not supported; tts_lib supports 'dual_ar' "
         "(Fish Speech: OpenAudio S1-mini, fish-speech-1.5)"
     )
+
+
+# Tiny random checkpoints, one per family, in the family's upstream layout: the demo and the tests run the whole
+# pipeline on them offline. Every one carries a README.md whose first line is TINY_README_TITLE.
+TINY_README_TITLE = "# tiny-demo"
+TINY_FAMILIES = ("fish_speech",)
+
+
+def make_tiny_checkpoint(out_dir: str | Path, family: str = "fish_speech", seed: int = 0, overwrite: bool = False):
+    """Write `family`'s tiny random checkpoint folder (the same seed gives the same files); returns the folder."""
+    if family == "fish_speech":
+        from tts_lib.models.fish_speech.tiny import make_tiny_checkpoint as make
+    else:
+        raise ValueError(f"no tiny checkpoint for family {family!r}; families with one: {', '.join(TINY_FAMILIES)}")
+    return make(out_dir, seed=seed, overwrite=overwrite)
+
+
+def is_tiny_checkpoint(folder: str | Path) -> bool:
+    """True for a folder a family's tiny maker wrote (random weights), told by its README's first line."""
+    readme = Path(folder) / "README.md"
+    try:
+        with readme.open(encoding="utf-8") as f:
+            return f.readline().strip() == TINY_README_TITLE
+    except (OSError, UnicodeDecodeError):
+        return False

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from tts_lib.common.fileio import atomic_write_text
+from tts_lib.models import TINY_README_TITLE
 from tts_lib.models.fish_speech.codec import CODEC_CONFIG_FILE, FishCodec, FishCodecConfig
 from tts_lib.models.fish_speech.config import FishSpeechConfig
 from tts_lib.models.fish_speech.lm import FishSpeechLM
@@ -52,19 +53,6 @@ def tiny_configs(tokenizer_size: int, codec: FishCodecConfig) -> FishSpeechConfi
         scale_codebook_embeddings=True, n_fast_layer=1, fast_dim=64, fast_n_head=4, fast_n_local_heads=2,
         fast_head_dim=16, fast_intermediate_size=192, fast_attention_qk_norm=False,
     )  # fmt: skip
-
-
-TINY_README_TITLE = "# tiny-demo"  # the first line of the README.md every tiny-demo folder carries
-
-
-def is_tiny_demo(folder: str | Path) -> bool:
-    """True for a folder make_tiny_checkpoint wrote (random weights), told by its README's first line."""
-    readme = Path(folder) / "README.md"
-    try:
-        with readme.open(encoding="utf-8") as f:
-            return f.readline().strip() == TINY_README_TITLE
-    except (OSError, UnicodeDecodeError):
-        return False
 
 
 def make_tiny_checkpoint(out_dir: str | Path, seed: int = 0, overwrite: bool = False) -> Path:
