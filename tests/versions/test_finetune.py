@@ -92,6 +92,7 @@ def test_quick_lora_leaves_a_merged_model_an_adapter_a_package_and_lineage(world
         assert "## Lineage" in card and "## Metrics" in card and "## Licence" in card
         assert "tiny-demo model (not OpenAudio S1-mini)" in card and "CC-BY-NC-SA-4.0" not in card  # random base
     assert read_metadata(out)["base_model"]["random_weights"] is True
+    assert read_metadata(out)["base_model"]["family"] == "fish_speech"  # the model card takes its text from it
     with tarfile.open(at(world, "v1", v1["package"])) as tar:
         assert "v1/merged/README.md" in tar.getnames()
     again = run_finetune(config(world, "v1"))  # finished: nothing is redone or overwritten

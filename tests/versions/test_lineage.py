@@ -155,3 +155,14 @@ def test_versions_cli(project, capsys):
     assert any(line.startswith("*") and "fi-v2" in line for line in capsys.readouterr().out.splitlines())
     assert main(["versions", "rollback", "nope", "--project", str(project)]) == 2
     assert "available versions" in capsys.readouterr().err
+
+
+def test_the_versions_table_heads_the_best_column_with_the_families_metric():
+    def version(n, best):
+        return {"version": f"v{n}", "number": n, "mode": "full", "created_at": "2026-01-01T00:00", "best_val": best}
+
+    mixed = [version(1, {"val_codebook_loss": 2.5}), version(2, {"val_diff_loss": 0.25})]
+    one = lineage.format_versions_table(mixed, "v2")
+    assert "best val" in one.splitlines()[0] and "val_diff_loss 0.25" in one
+    same = lineage.format_versions_table([version(1, {"val_diff_loss": 0.5, "language_val_diff_loss": 0.75})], "v1")
+    assert "val_diff_loss" in same.splitlines()[0] and "language" not in same

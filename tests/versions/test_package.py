@@ -153,3 +153,12 @@ def test_measured_quality_reaches_metadata_cards_and_package(version):
     with tarfile.open(archive) as tar:
         card = tar.extractfile("fi-v2/MODEL_CARD.md").read().decode()
     assert "| speaker similarity, after | 0.83 |" in card and "asr-x" in card
+
+
+def test_the_family_writes_its_part_of_the_card():
+    """What the model is, its licence and how to use it come from the family metadata.json names; a family
+    without card text is named, not silently given Fish Speech's licence."""
+    fish = {**META, "base_model": {**META["base_model"], "family": "fish_speech"}}
+    assert model_card(fish) == model_card(META)  # versions from before the family was recorded are Fish Speech
+    with pytest.raises(ValueError, match="no model card text for family 'voxcpm'"):
+        model_card({**META, "base_model": {**META["base_model"], "family": "voxcpm"}})

@@ -149,3 +149,13 @@ def is_tiny_checkpoint(folder: str | Path) -> bool:
             return f.readline().strip() == TINY_README_TITLE
     except (OSError, UnicodeDecodeError):
         return False
+
+
+def card_text(family: str, merged: str | None, adapter: str | None, random: bool) -> dict:
+    """The family's parts of a version's model card: {"what", "licence", "metrics": text; "use_merged",
+    "use_adapter": Markdown lines}. `family`: the name metadata.json records (older versions: fish_speech)."""
+    if family == "fish_speech":
+        from tts_lib.models.fish_speech.card import card_text as text
+    else:
+        raise ValueError(f"no model card text for family {family!r}")
+    return text(merged, adapter, random)

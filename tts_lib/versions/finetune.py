@@ -266,7 +266,7 @@ def record_lineage(plan: Plan, trained: Trained, forgetting: dict | None, wall: 
     lr, lora_lr, estimate = plan.lr, plan.lora_lr, plan.estimate
     meta = {
         "version": out.name, "number": plan.number, "parent": start.parent, "mode": config.mode,
-        "base_model": {**plan.identity, "folder": str(plan.base.resolve()),
+        "base_model": {**plan.identity, "folder": str(plan.base.resolve()), "family": load_family(plan.base).name,
                        **({"random_weights": True} if is_random_demo(plan.base) else {})},
         "start_model": {"folder": str(trained.last_start.weights.resolve())},
         "dataset_fingerprint": data_fingerprint(items), "samples": {"new": len(new), "total": len(items)},

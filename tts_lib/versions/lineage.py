@@ -237,9 +237,14 @@ def format_versions_table(versions: list[dict], current: str | None) -> str:
     """One line per version, the current one marked with '*'."""
     if not versions:
         return "no versions yet"
-    header = ["", "version", "#", "parent", "mode", "steps", "samples", "hours", "val_codebook_loss", "cost", "created"]
+    # each family names its own selection metric (Fish Speech: val_codebook_loss); one name heads the column
+    best = [_best_val(m) for m in versions]
+    names = {name for name, _ in best if name}
+    metric = next(iter(names)) if len(names) == 1 else "best val"
+    header = ["", "version", "#", "parent", "mode", "steps", "samples", "hours", metric, "cost", "created"]
     rows = []
-    for m in versions:
+    for m, (name, value) in zip(versions, best):
+        shown = _cell(value) if len(names) <= 1 or name is None else f"{name} {_cell(value)}"
         rows.append(
             [
                 "*" if m["version"] == current else "",
@@ -250,12 +255,20 @@ def format_versions_table(versions: list[dict], current: str | None) -> str:
                 _cell(m.get("steps")),
                 _cell((m.get("samples") or {}).get("total")),
                 f"{(m.get('hours') or {}).get('total', 0.0):.2f}" if m.get("hours") else "-",
-                _cell((m.get("best_val") or {}).get("val_codebook_loss")),
+                shown,
                 _cost_cell(m.get("cost")),
                 str(m["created_at"])[:16].replace("T", " "),
             ]
         )
     return _table(header, rows) + "\n* = current"
+
+
+def _best_val(meta: dict) -> tuple[str | None, Any]:
+    """(name, value) of the metric the version's model was chosen by: best_val's first key (two_phase also
+    keeps its language phase's, prefixed language_)."""
+    best = meta.get("best_val") or {}
+    name = next((k for k in best if not k.startswith("language_")), None)
+    return name, best.get(name) if name else None
 
 
 def format_comparison(rows: list[tuple[str, Any, Any]], a_name: str, b_name: str) -> str:

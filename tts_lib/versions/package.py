@@ -20,22 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from tts_lib.common.fileio import atomic_write_text, refuse_overwrite
+from tts_lib.models import card_text
 from tts_lib.versions.lineage import METADATA_FILE, read_metadata
 
 CARD_FILE = "MODEL_CARD.md"
 README_FILE = "README.md"  # the card again, inside each model folder
 NA = "n/a"
-LICENCE = (
-    "The OpenAudio S1-mini weights are released under CC-BY-NC-SA-4.0, and a fine-tune is a derivative of "
-    "them: this model inherits that licence. Non-commercial use only; give credit to Fish Audio "
-    "(OpenAudio S1-mini) and to this fine-tune; share adaptations under the same licence. Check the licence "
-    "of the base model you started from if it is not S1-mini (fish-speech-1.5 is CC-BY-NC-SA-4.0 as well)."
-)
-RANDOM_LICENCE = (
-    "The base model is tts_lib's tiny-demo: random weights made by `python -m tts_lib make-tiny-model`, not "
-    "OpenAudio S1-mini, so no S1-mini weights are in this model and their licence does not apply. tiny-demo is "
-    "part of tts_lib (Apache-2.0)."
-)
 MODES = {
     "quick_lora": "a LoRA adapter trained on the base model, then merged into it",
     "full": "a full fine-tune of all weights",
@@ -84,12 +74,8 @@ def model_card(metadata: dict) -> str:
     parent_text = f"version {_fmt(_get(m, 'parent', 'version'))}" if parent else "none (trained from the base model)"
 
     random = bool(_get(m, "base_model", "random_weights"))
-    what = (
-        "A fine-tune of tts_lib's random tiny-demo model (not OpenAudio S1-mini), made to test the pipeline: "
-        "**everything it generates is noise**"
-        if random
-        else "A Fish Speech (OpenAudio S1-mini) text-to-speech fine-tune"
-    )
+    family = card_text(_get(m, "base_model", "family") or "fish_speech", merged, adapter, random)
+    what = family["what"]
     lines = [
         f"# {version} (version {_fmt(m.get('number'))})",
         "",
@@ -104,7 +90,7 @@ def model_card(metadata: dict) -> str:
         "",
         "## Licence",
         "",
-        RANDOM_LICENCE if random else LICENCE,
+        family["licence"],
         "",
         "## Data",
         "",
@@ -129,28 +115,7 @@ def model_card(metadata: dict) -> str:
         "",
     ]
     if merged:
-        lines += [
-            f"`{merged}` is a complete checkpoint in upstream's layout (config.json, model.pth, tokenizer, "
-            "codec.pth). With upstream fish-speech (0.1.0, `pip install fish-speech`):",
-            "",
-            "```bash",
-            f'python -m fish_speech.models.text2semantic.inference --checkpoint-path {merged} --text "..." '
-            "--output-dir out  # writes out/codes_0.npy",
-            f"python -m fish_speech.models.dac.inference -i out/codes_0.npy --checkpoint-path {merged}/codec.pth "
-            "-o out/speech.wav",
-            "```",
-            "",
-            "Add `--prompt-text` and `--prompt-tokens` for a reference voice and `--device cpu` without a GPU.",
-            "",
-            "With tts_lib:",
-            "",
-            "```python",
-            "from tts_lib.models.fish_speech.lm import FishSpeechLM",
-            "",
-            f'model = FishSpeechLM.from_pretrained("{merged}")',
-            "```",
-            "",
-        ]
+        lines += family["use_merged"]
     else:
         lines += ["No merged model in this version.", ""]
     if adapter:
@@ -158,12 +123,7 @@ def model_card(metadata: dict) -> str:
             f"`{adapter}` is the adapter alone, in peft's format; it applies only to the base named in its "
             "tts_adapter.json (same sha256):",
             "",
-            "```python",
-            "from peft import PeftModel",
-            "from tts_lib.models.fish_speech.lm import FishSpeechLM",
-            "",
-            f'model = PeftModel.from_pretrained(FishSpeechLM.from_pretrained("BASE_DIR"), "{adapter}")',
-            "```",
+            *family["use_adapter"],
             "",
             "or, to switch between several adapters on one loaded base (tts_lib.versions.hotswap):",
             "",
@@ -190,14 +150,12 @@ def model_card(metadata: dict) -> str:
 
 def _metrics(m: dict) -> list[str]:
     """The Metrics section: best validation losses, the forgetting check, objective quality metrics."""
+    family = card_text(_get(m, "base_model", "family") or "fish_speech", None, None, False)
     lines = [
         "## Metrics",
         "",
         "Validation losses are measured during training on the held-out split (items with split `val`, which "
-        "for an incremental version include the parent's held-out items): `val_codebook_loss` is the mean "
-        "cross-entropy of the codebook (fast transformer) tokens, `val_slow_loss` that of the semantic and text "
-        "tokens of the slow transformer, `val_loss` their sum. The exported model is the checkpoint with the "
-        "lowest `val_codebook_loss`. Lower is better.",
+        f"for an incremental version include the parent's held-out items): {family['metrics']} Lower is better.",
         "",
         *_table(("metric", "best"), m.get("best_val") or {}),
         "",
