@@ -81,8 +81,11 @@ def test_train_embeddings_gets_its_own_learning_rate(prepared):
     groups = {g["name"]: g for g in param_groups(model, OptimConfig(lr=1e-4, embedding_lr=1e-5))}
     assert groups["embeddings/decay"]["lr"] == 1e-5
     assert groups["adapter/decay"]["lr"] == 1e-4
-    with pytest.raises(ValueError, match="upstream"):
-        AdapterConfig(train_embeddings=True, targets="upstream")
+    base = load_family(prepared[0]).load_model()
+    with pytest.raises(ValueError, match="'upstream' preset already puts a LoRA on them"):
+        add_adapters(base, AdapterConfig(train_embeddings=True, targets="upstream"))
+    with pytest.raises(ValueError, match="'everything' is not a preset of this model; its presets: attention_mlp, "):
+        add_adapters(base, AdapterConfig(targets="everything"))
 
 
 def test_train_embeddings_trains_the_text_embeddings_and_no_other_table(prepared, tmp_path):

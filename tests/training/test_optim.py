@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from tts_lib.models import ModuleRoles
 from tts_lib.models.fish_speech.config import FishSpeechConfig
 from tts_lib.models.fish_speech.lm import FishSpeechLM
 from tts_lib.training.optim import OptimConfig, clip_gradients, layer_index, make_optimizer, param_groups, param_kind
@@ -31,14 +32,21 @@ def check_coverage(model: torch.nn.Module, groups: list[dict]) -> None:
     assert len({g["name"] for g in groups}) == len(groups)
 
 
-def test_name_parsing():
-    assert param_kind("base_model.model.layers.0.attention.wqkv.lora_A.default.weight") == "adapter"
-    assert param_kind("layers.0.attention.wqkv.lora_magnitude_vector.default.weight") == "adapter"
-    assert param_kind("codebook_embeddings.weight") == "embeddings"
-    assert param_kind("fast_output.weight") == "heads"
-    assert param_kind("layers.1.attention.wo.weight") == "other"
-    assert layer_index("base_model.model.layers.12.ffn_norm.weight") == 12
-    assert layer_index("fast_layers.0.attention.wqkv.weight") is None
+def test_name_parsing_follows_the_families_roles():
+    roles = FishSpeechLM.module_roles
+    assert param_kind("base_model.model.layers.0.attention.wqkv.lora_A.default.weight", roles) == "adapter"
+    assert param_kind("layers.0.attention.wqkv.lora_magnitude_vector.default.weight", roles) == "adapter"
+    assert param_kind("codebook_embeddings.weight", roles) == "embeddings"
+    assert param_kind("fast_output.weight", roles) == "heads"
+    assert param_kind("layers.1.attention.wo.weight", roles) == "other"
+    assert layer_index("base_model.model.layers.12.ffn_norm.weight", roles) == 12
+    assert layer_index("fast_layers.0.attention.wqkv.weight", roles) is None
+    # another family's names: its own roles decide, nothing of Fish Speech's
+    other = ModuleRoles(embeddings=frozenset({"tok_emb"}), heads=frozenset({"lm_head"}), layer_pattern=r"blocks\.(\d+)")
+    assert param_kind("tok_emb.weight", other) == "embeddings"
+    assert param_kind("codebook_embeddings.weight", other) == "other"
+    assert param_kind("lm_head.weight", other) == "heads" and layer_index("blocks.3.attn.weight", other) == 3
+    assert param_kind("output.weight", ModuleRoles()) == "other" and layer_index("layers.1.x", ModuleRoles()) is None
 
 
 def test_default_groups_cover_everything_and_skip_decay_on_norms():

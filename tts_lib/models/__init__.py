@@ -51,6 +51,24 @@ class LossParts:
         return sum(self.counts.values())
 
 
+@dataclass(frozen=True)
+class ModuleRoles:
+    """Which of a model's modules play which part, by name: what adapters and the optimiser's groups need. The
+    model a family loads carries its roles as the class attribute `module_roles` (tts_lib.models.module_roles)."""
+
+    adapter_presets: dict[str, list[str] | str] = field(default_factory=dict)  # preset -> peft target_modules
+    text_embeddings: str | None = None  # the module `train_embeddings` trains fully (new-language tokens)
+    embeddings: frozenset[str] = frozenset()  # name parts of embedding tables: their own lr (embedding_lr)
+    heads: frozenset[str] = frozenset()  # name parts of output heads: their own lr (head_lr)
+    layer_pattern: str | None = None  # regex, group 1 a main-stack layer's index (layer-wise lr decay)
+
+
+def module_roles(model: Any) -> ModuleRoles:
+    """The roles the model (or the model under a peft wrapper) declares; none for any other module."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(base, "module_roles", ModuleRoles())
+
+
 class ModelFamily(Protocol):
     """What the stages need of a model family, and what each member must guarantee. A family is made from a
     checkpoint folder in its upstream layout (`load_family`); nothing outside tts_lib/models/<family>/ knows more.

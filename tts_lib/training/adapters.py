@@ -26,23 +26,11 @@ from peft.utils import ModulesToSaveWrapper
 from torch import nn
 
 from tts_lib.common.fileio import atomic_folder, atomic_write_json
+from tts_lib.models import ModuleRoles, module_roles
 
 SIDECAR = "tts_adapter.json"
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
-
-LAYER_LINEARS = ["wqkv", "wo", "w1", "w2", "w3"]  # attention and SwiGLU MLP, slow and fast layers
-# Upstream's r_8_alpha_16 targets: the layers plus token/codebook embeddings and both output heads,
-# so adapters imported from upstream's LoRA checkpoints fit this preset exactly.
-UPSTREAM_TARGETS = [*LAYER_LINEARS, "embeddings", "codebook_embeddings", "fast_embeddings", "output", "fast_output"]
-TEXT_EMBEDDINGS = "embeddings"  # the text token table; codebook_embeddings and fast_embeddings are the codes'
-TARGET_PRESETS: dict[str, list[str] | str] = {
-    "attention_mlp": LAYER_LINEARS,
-    "upstream": UPSTREAM_TARGETS,
-    # peft reads a string as one regex that must match a module's full name
-    "fast_only": r"fast_layers\.\d+\.(attention\.(wqkv|wo)|feed_forward\.(w1|w2|w3))",
-}
-
 
 @dataclass
 class AdapterConfig:
@@ -50,7 +38,9 @@ class AdapterConfig:
     r: int = 8  # rank; upstream recipe
     lora_alpha: int = 16  # scale = lora_alpha / r; upstream recipe
     lora_dropout: float = 0.01  # upstream recipe
-    targets: Literal["attention_mlp", "upstream", "fast_only"] = "attention_mlp"  # see TARGET_PRESETS
+    # a preset of the model's family (ModuleRoles.adapter_presets); Fish Speech: attention_mlp (attention + MLP
+    # of both transformers), upstream (also embeddings and heads, as upstream's r_8_alpha_16), fast_only
+    targets: str = "attention_mlp"
     train_embeddings: bool = False  # also fully train the text token embeddings (new-language tokens); own lr in optim
 
     def __post_init__(self) -> None:
@@ -58,29 +48,40 @@ class AdapterConfig:
             raise ValueError(f"adapter r must be >= 1 and lora_alpha > 0, found r={self.r}, alpha={self.lora_alpha}")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ValueError(f"adapter lora_dropout must be in [0, 1), found {self.lora_dropout}")
-        if self.train_embeddings and self.targets == "upstream":
+
+
+def peft_config(config: AdapterConfig, roles: ModuleRoles) -> LoraConfig:
+    """peft's LoraConfig for `config` on a model with `roles` (its family's presets and text embeddings)."""
+    if config.targets not in roles.adapter_presets:
+        raise ValueError(f"adapter targets {config.targets!r} is not a preset of this model; its presets: "
+                         f"{', '.join(roles.adapter_presets) or 'none'}")  # fmt: skip
+    targets = roles.adapter_presets[config.targets]
+    if config.train_embeddings:
+        if roles.text_embeddings is None:
+            raise ValueError("adapter train_embeddings: this model names no text embedding table to train")
+        if isinstance(targets, list) and roles.text_embeddings in targets:
             raise ValueError(
-                "adapter train_embeddings trains the token embeddings fully, but the 'upstream' preset "
-                "already puts a LoRA on them; pick one (targets: attention_mlp, or train_embeddings: false)"
+                f"adapter train_embeddings trains the token embeddings fully, but the {config.targets!r} preset "
+                "already puts a LoRA on them; pick one (another preset, or train_embeddings: false)"
             )
-
-
-def peft_config(config: AdapterConfig) -> LoraConfig:
     return LoraConfig(
         r=config.r,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
-        target_modules=TARGET_PRESETS[config.targets],
+        target_modules=targets,
         use_dora=config.kind == "dora",
-        modules_to_save=[TEXT_EMBEDDINGS] if config.train_embeddings else None,
+        modules_to_save=[roles.text_embeddings] if config.train_embeddings else None,
     )
 
 
 def add_adapters(model: nn.Module, config: AdapterConfig) -> PeftModel:
-    """`model` (with its weights loaded, in any dtype) wrapped with a fresh adapter; only adapter weights
-    (and the text token embeddings with train_embeddings) have requires_grad, all of them fp32."""
-    adapted = get_peft_model(model, peft_config(config))
-    _train_only_text_embeddings(adapted.get_base_model())
+    """`model` (with its weights loaded, in any dtype) wrapped with a fresh adapter on the modules its family's
+    preset names; only adapter weights (and the text token embeddings with train_embeddings) have requires_grad,
+    all of them fp32."""
+    roles = module_roles(model)
+    adapted = get_peft_model(model, peft_config(config, roles))
+    if config.train_embeddings:
+        _train_only_text_embeddings(adapted.get_base_model(), roles.text_embeddings)
     for p in adapted.parameters():
         if p.requires_grad and p.dtype != torch.float32:  # peft copies modules_to_save in the base's dtype
             p.data = p.data.float()
@@ -98,11 +99,11 @@ def keep_autocast_inputs(model: nn.Module) -> None:
             module.cast_input_dtype_enabled = False  # the switch peft.helpers.disable_input_dtype_casting flips
 
 
-def _train_only_text_embeddings(model: nn.Module) -> None:
-    """peft matches modules_to_save by name suffix, so "embeddings" also makes trainable copies of
-    codebook_embeddings and fast_embeddings; put those tables back as they were (frozen, shared)."""
+def _train_only_text_embeddings(model: nn.Module, text_embeddings: str) -> None:
+    """peft matches modules_to_save by name suffix, so Fish Speech's "embeddings" also makes trainable copies of
+    codebook_embeddings and fast_embeddings; put every table but the text one back as it was (frozen, shared)."""
     for name, module in list(model.named_modules()):
-        if isinstance(module, ModulesToSaveWrapper) and name != TEXT_EMBEDDINGS:
+        if isinstance(module, ModulesToSaveWrapper) and name != text_embeddings:
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent), child, module.original_module)
 

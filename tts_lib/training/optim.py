@@ -15,12 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from tts_lib.models import ModuleRoles, module_roles
 from tts_lib.training.distributed import full_tensor
-
-EMBEDDING_NAMES = {"embeddings", "codebook_embeddings", "fast_embeddings"}
-HEAD_NAMES = {"output", "fast_output"}
-# "(^|.)" so that fast_layers.{i} does not match: fast layers sit above the slow stack and count as the top
-_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
 @dataclass
@@ -47,19 +43,21 @@ class OptimConfig:
             raise ValueError(f"betas must be two numbers, found {self.betas}")
 
 
-def param_kind(name: str) -> str:
+def param_kind(name: str, roles: ModuleRoles) -> str:
+    """adapter, embeddings, heads or other: which learning rate a parameter takes (roles: the model's family's)."""
     if "lora_" in name:  # peft's lora_A, lora_B, lora_embedding_*, and DoRA's lora_magnitude_vector
         return "adapter"
     parts = set(name.split("."))
-    if parts & EMBEDDING_NAMES:
+    if parts & roles.embeddings:
         return "embeddings"
-    if parts & HEAD_NAMES:
+    if parts & roles.heads:
         return "heads"
     return "other"
 
 
-def layer_index(name: str) -> int | None:
-    match = _LAYER.search(name)
+def layer_index(name: str, roles: ModuleRoles) -> int | None:
+    """The main-stack layer a parameter belongs to, by the family's layer pattern; None outside the stack."""
+    match = re.search(roles.layer_pattern, name) if roles.layer_pattern else None
     return int(match.group(1)) if match else None
 
 
@@ -69,9 +67,10 @@ def uses_weight_decay(name: str, param: torch.Tensor) -> bool:
 
 def param_groups(model: nn.Module, config: OptimConfig) -> list[dict]:
     """AdamW param groups with `params`, `lr`, `weight_decay` and `name`; frozen parameters left out."""
+    roles = module_roles(model)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     # count layers from all parameters, not only trainable ones, so freezing some layers keeps the same decay
-    all_layers = [i for n, _ in model.named_parameters() if (i := layer_index(n)) is not None]
+    all_layers = [i for n, _ in model.named_parameters() if (i := layer_index(n, roles)) is not None]
     n_layer = max(all_layers, default=-1) + 1
     base_lr = {
         "embeddings": config.embedding_lr if config.embedding_lr is not None else config.lr,
@@ -82,11 +81,11 @@ def param_groups(model: nn.Module, config: OptimConfig) -> list[dict]:
 
     groups: dict[str, dict] = {}
     for name, param in named:
-        kind = param_kind(name)
+        kind = param_kind(name, roles)
         decay = uses_weight_decay(name, param)
         lr = base_lr.get(kind, config.lr)
         label = kind
-        layer = layer_index(name)
+        layer = layer_index(name, roles)
         if config.layer_lr_decay != 1.0 and layer is not None:
             lr *= config.layer_lr_decay ** (n_layer - 1 - layer)
             label = f"layer{layer}" if kind == "other" else f"{kind}/layer{layer}"

@@ -38,7 +38,8 @@ from tts_lib.models.fish_speech.checkpoint import (
     split_lora,
     torch_load_weights_only,
 )
-from tts_lib.training.adapters import UPSTREAM_TARGETS, AdapterConfig, add_adapters, save_adapter
+from tts_lib.models.fish_speech.lm import UPSTREAM_TARGETS
+from tts_lib.training.adapters import AdapterConfig, add_adapters, save_adapter
 
 ALPHA_HINT = (
     "upstream checkpoints do not store lora_alpha: pass the lora_alpha of the run's config "

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from tts_lib.models import ModuleRoles
 from tts_lib.models.fish_speech.checkpoint import (
     MODEL_FILE,
     check_checkpoint_folder,
@@ -76,7 +77,28 @@ def fast_shape(c: FishSpeechConfig) -> BlockShape:
     )
 
 
+LAYER_LINEARS = ["wqkv", "wo", "w1", "w2", "w3"]  # attention and SwiGLU MLP, slow and fast layers
+# Upstream's r_8_alpha_16 targets: the layers plus token/codebook embeddings and both output heads, so adapters
+# imported from upstream's LoRA checkpoints fit this preset exactly.
+UPSTREAM_TARGETS = [*LAYER_LINEARS, "embeddings", "codebook_embeddings", "fast_embeddings", "output", "fast_output"]
+FISH_ROLES = ModuleRoles(
+    adapter_presets={
+        "attention_mlp": LAYER_LINEARS,
+        "upstream": UPSTREAM_TARGETS,
+        # peft reads a string as one regex that must match a module's full name
+        "fast_only": r"fast_layers\.\d+\.(attention\.(wqkv|wo)|feed_forward\.(w1|w2|w3))",
+    },
+    text_embeddings="embeddings",  # the text token table; codebook_embeddings and fast_embeddings are the codes'
+    embeddings=frozenset({"embeddings", "codebook_embeddings", "fast_embeddings"}),
+    heads=frozenset({"output", "fast_output"}),
+    # "(^|.)" so that fast_layers.{i} does not match: fast layers sit above the slow stack and count as the top
+    layer_pattern=r"(?:^|\.)layers\.(\d+)\.",
+)
+
+
 class FishSpeechLM(nn.Module):
+    module_roles = FISH_ROLES  # for adapters and optimiser groups (tts_lib.models.ModuleRoles)
+
     def __init__(
         self,
         config: FishSpeechConfig,
