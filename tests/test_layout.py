@@ -24,7 +24,6 @@ KNOWN_FISH_IMPORTS = {
     "tts_lib.gpu_check",  # S1-mini's shape
     "tts_lib.training.flops",  # the memory plan and FLOP count build a Fish model
     "tts_lib.training.memory_plan",
-    "tts_lib.versions.export",  # the verification probes
     "tts_lib.versions.time_table",  # S1-mini's codebooks
     "tts_lib.versions.upstream_lora",  # upstream's LoRA key names
 }

@@ -15,8 +15,9 @@ import tts_lib.versions.export as export
 from tts_lib.models import load_family
 from tts_lib.models.fish_speech.checkpoint import MODEL_FILE, load_state_dict_file
 from tts_lib.models.fish_speech.lm import FishSpeechLM
+from tts_lib.models.fish_speech.probe import probe_logits, probe_tokens
 from tts_lib.training.adapters import PEFT_CONFIG, PEFT_WEIGHTS, SIDECAR, AdapterConfig, add_adapters, save_adapter
-from tts_lib.versions.export import export_adapter, export_merged, merge_adapter_folder, probe_logits, probe_tokens
+from tts_lib.versions.export import export_adapter, export_merged, merge_adapter_folder
 
 UPSTREAM_FILES = set(
     f"config.json {MODEL_FILE} tokenizer.tiktoken special_tokens.json codec.pth codec_config.json".split()

@@ -95,6 +95,11 @@ class ModelFamily(Protocol):
       flops_per_token(mode), max_tokens_for(mode, free_gib, ...): the training step's counted FLOPs and the
         largest token budget its memory plan fits; mode is quick_lora or full.
 
+    Export
+      weights_dtype(): the dtype the checkpoint ships its weights in (exports are saved in it by default).
+      probe(model, seed): float32 outputs on a fixed input of `seed` that runs through every part an adapter can
+        touch (peft-wrapped or plain model); the export check compares base+adapter, base, merged and reloaded.
+
     Listening
       generate(model, text, references): targets for `text`, with (transcript, encode_reference(wave)) pairs as
         voice references; decode(targets): a float32 wave at sample_rate (empty for no frames).
@@ -124,6 +129,8 @@ class ModelFamily(Protocol):
     def generate(self, model: Any, text: str, references: Any = (), **sampling: Any) -> Any: ...
     def encode_reference(self, wave: Any, device: Any = "cpu") -> Any: ...
     def decode(self, targets: Any, device: Any = "cpu") -> Any: ...
+    def weights_dtype(self) -> Any: ...
+    def probe(self, model: Any, seed: int = 0) -> tuple[Any, ...]: ...
 
 
 def load_family(folder: str | Path) -> ModelFamily:

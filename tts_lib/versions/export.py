@@ -1,11 +1,11 @@
 """Merge an adapter into its base model and export it, verified: python -m tts_lib export ...
 
 `export_merged` folds a LoRA/DoRA adapter into the base weights (peft's merge_and_unload), casts
-them to the dtype the base checkpoint ships in (S1-mini: bf16), saves the folder in upstream's
-layout (config.json, model.pth, tokenizer files, codec.pth, codec_config.json; upstream's own merge
-script forgets codec.pth) and then proves the export: it loads the saved folder back and checks,
-on a fixed probe batch that goes through the text path, the codebook embeddings and the fast
-transformer, that the adapter's effect survived the merge. Measured on the probe's logits:
+them to the dtype the base checkpoint ships in (S1-mini: bf16), saves the folder in the family's upstream
+layout (Fish Speech: config.json, model.pth, tokenizer files, codec.pth, codec_config.json; upstream's own
+merge script forgets codec.pth) and then proves the export: it loads the saved folder back and checks,
+on the family's fixed probe (Fish Speech: a batch through the text path, the codebook embeddings and the
+fast transformer), that the adapter's effect survived the merge. Measured on the probe's outputs:
 
     d_merged = max |merged - (base+adapter)|     what the export got wrong
     d_base   = max |base   - (base+adapter)|     what the adapter does (the base alone is this far off)
@@ -34,13 +34,8 @@ from torch import Tensor
 
 from tts_lib.common.fileio import atomic_copy, atomic_folder, refuse_overwrite
 from tts_lib.models import ModelFamily, load_family
-from tts_lib.models.fish_speech.checkpoint import MODEL_FILE, load_state_dict_file
-from tts_lib.models.fish_speech.lm import FishSpeechLM
 from tts_lib.training.adapters import PEFT_CONFIG, PEFT_WEIGHTS, SIDECAR, check_base, load_adapted, merge, read_sidecar
 
-PROBE_BATCH = 2
-PROBE_TEXT = 6  # text positions before the frames
-PROBE_FRAMES = 9  # semantic positions: exercise codebook embeddings and the fast transformer
 # Tolerance = RELATIVE[dtype] * max|logits| + ABSOLUTE, by the dtype of the saved weights.
 # fp32: the merge itself (W + B @ A * scale in fp32) and a different summation order differ from
 # the unmerged computation only by float32 rounding, ~1e-6 relative; 1e-4 leaves room for depth.
@@ -62,54 +57,12 @@ MAX_RESIDUAL = 0.2
 @dataclass
 class MergeReport:
     out: Path
-    max_abs_diff: float  # d_merged: largest |merged - (base + adapter)| over the probe's slow and fast logits
+    max_abs_diff: float  # d_merged: largest |merged - (base + adapter)| over the probe's outputs
     tolerance: float  # the bound max_abs_diff met: min(dtype tolerance, MAX_RESIDUAL x adapter_effect), or the
     # dtype tolerance alone when the adapter changes nothing
     dtype: str  # of the saved weights, e.g. "bfloat16"
     adapter_effect: float = 0.0  # d_base: largest |base - (base + adapter)|, what the merge had to keep
     adapter_changes_nothing: bool = False  # adapter_effect within float32 rounding: checked against the base only
-
-
-def probe_tokens(model: FishSpeechLM, seed: int = 0) -> Tensor:
-    """A fixed batch (B, 1 + num_codebooks, T): text ids, then frames (semantic id + codes), then text."""
-    c = model.config
-    g = torch.Generator().manual_seed(seed)
-    t = PROBE_TEXT + PROBE_FRAMES + 1
-    codes = torch.randint(0, c.codebook_size, (PROBE_BATCH, c.num_codebooks, t), generator=g)
-    row0 = torch.randint(0, model.semantic_begin_id, (PROBE_BATCH, t), generator=g)
-    frames = slice(PROBE_TEXT, PROBE_TEXT + PROBE_FRAMES)
-    semantic = torch.randint(
-        model.semantic_begin_id, model.semantic_end_id + 1, (PROBE_BATCH, PROBE_FRAMES), generator=g
-    )
-    row0[:, frames] = semantic
-    # A frame's first code is its semantic token's index, as in real training sequences.
-    codes[:, 0, frames] = (semantic - model.semantic_begin_id) % c.codebook_size
-    return torch.cat([row0[:, None], codes], dim=1)
-
-
-@torch.no_grad()
-def probe_logits(model: torch.nn.Module, tokens: Tensor) -> tuple[Tensor, Tensor]:
-    """(slow logits (B, T, vocab), fast logits (N, nc, codebook_size)) in float32.
-
-    As in training (loss.py), the fast transformer of a frame reads the slow hidden state of the
-    position just before it, teacher-forced with the frame's codes."""
-    core = model.get_base_model() if isinstance(model, PeftModel) else model
-    logits, hidden = model(tokens)
-    ids = tokens[:, 0]
-    is_frame = (ids[:, 1:] >= core.semantic_begin_id) & (ids[:, 1:] <= core.semantic_end_id)  # (B, T - 1)
-    frame_codes = tokens[:, 1:, 1:].transpose(1, 2)[is_frame]  # (N, nc)
-    # peft's wrapper forwards only __call__; fast_logits runs on the (adapted) inner modules.
-    fast = core.fast_logits(hidden[:, :-1][is_frame], frame_codes)
-    return logits.float(), fast.float()
-
-
-def base_weights_dtype(folder: str | Path) -> torch.dtype:
-    """The dtype the base checkpoint ships its weights in: its first floating tensor's."""
-    path = Path(folder) / MODEL_FILE
-    for tensor in load_state_dict_file(path).values():
-        if tensor.is_floating_point():
-            return tensor.dtype
-    raise ValueError(f"{path}: expected floating-point weights, found none; is this a model checkpoint?")
 
 
 def export_merged(
@@ -129,30 +82,25 @@ def export_merged(
     if not overwrite:
         refuse_overwrite(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    dtype = dtype or base_weights_dtype(family.folder)
+    dtype = dtype or family.weights_dtype()
     if dtype not in RELATIVE:
-        raise ValueError(
-            f"{family.folder / MODEL_FILE}: weights are {dtype}; export supports float32, bfloat16 and float16"
-        )
+        raise ValueError(f"{family.folder}: weights are {dtype}; export supports float32, bfloat16 and float16")
     model = model.float().eval()  # the reference in fp32, so the check measures the export, not our arithmetic
-    tokens = probe_tokens(model.get_base_model(), probe_seed)
-    slow_ref, fast_ref = probe_logits(model, tokens)
-    if fast_ref.numel() == 0:
-        raise ValueError("the probe batch has no semantic positions: the fast transformer would go unchecked")
+    reference = family.probe(model, probe_seed)  # the family's fixed input through every part an adapter touches
     with model.disable_adapter():
-        slow_base, fast_base = probe_logits(model, tokens)
-    effect = max_abs_diff((slow_base, fast_base), (slow_ref, fast_ref))
-    scale = max(slow_ref.abs().max().item(), fast_ref.abs().max().item())
+        base = family.probe(model, probe_seed)
+    effect = max_abs_diff(base, reference)
+    scale = max(x.abs().max().item() for x in reference)
     dtype_tolerance = RELATIVE[dtype] * scale + ABSOLUTE
     changes_nothing = effect <= RELATIVE[torch.float32] * scale + ABSOLUTE
     tolerance = dtype_tolerance if changes_nothing else min(dtype_tolerance, MAX_RESIDUAL * effect)
 
     with atomic_folder(out, overwrite) as tmp:  # a refused export leaves nothing behind
         merged = merge(model)  # float32 still: its own error tells a broken merge from the dtype's rounding
-        merge_error = max_abs_diff(probe_logits(merged, tokens), (slow_ref, fast_ref))
+        merge_error = max_abs_diff(family.probe(merged, probe_seed), reference)
         family.save(merged.to(dtype), tmp)
-        reloaded = FishSpeechLM.from_pretrained(tmp, dtype=torch.float32).eval()
-        diff = max_abs_diff(probe_logits(reloaded, tokens), (slow_ref, fast_ref))
+        reloaded = load_family(tmp).load_model(dtype=torch.float32).eval()  # what a user loads from the folder
+        diff = max_abs_diff(family.probe(reloaded, probe_seed), reference)
         if not diff <= tolerance:  # `not <=` also refuses NaN
             measured = Measured(diff, effect, merge_error, dtype_tolerance, scale)
             raise ValueError(refusal(measured, dtype, changes_nothing, out))
@@ -171,9 +119,9 @@ class Measured:
     scale: float  # largest |logit| of base+adapter
 
 
-def max_abs_diff(logits: tuple[Tensor, Tensor], reference: tuple[Tensor, Tensor]) -> float:
-    """Largest |difference| over the slow and the fast logits."""
-    return max((a - b).abs().max().item() for a, b in zip(logits, reference))
+def max_abs_diff(outputs: tuple[Tensor, ...], reference: tuple[Tensor, ...]) -> float:
+    """Largest |difference| over every output of the probe (Fish Speech: the slow and the fast logits)."""
+    return max((a - b).abs().max().item() for a, b in zip(outputs, reference))
 
 
 def refusal(m: Measured, dtype: torch.dtype, changes_nothing: bool, out: Path) -> str:

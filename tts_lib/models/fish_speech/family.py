@@ -13,7 +13,7 @@ from torch import Tensor
 
 from tts_lib.common.fileio import atomic_copy, checkpoint_hash
 from tts_lib.models import CodecSpec, LossParts
-from tts_lib.models.fish_speech.checkpoint import MODEL_FILE
+from tts_lib.models.fish_speech.checkpoint import MODEL_FILE, load_state_dict_file
 from tts_lib.models.fish_speech.codec import CODEC_CONFIG_FILE, FishCodec, FishCodecConfig
 from tts_lib.models.fish_speech.config import CONFIG_FILE, FishSpeechConfig
 from tts_lib.models.fish_speech.generate import build_prompt, generate
@@ -141,6 +141,21 @@ class FishSpeechFamily:
         return generate(
             model, prompt, im_end_id=self.tokenizer.token_id(IM_END), residual_codebook_size=residual, **sampling
         )
+
+    def weights_dtype(self) -> torch.dtype:
+        """The dtype the checkpoint ships its weights in (S1-mini: bf16): its first floating tensor's."""
+        path = self.folder / MODEL_FILE
+        for tensor in load_state_dict_file(path).values():
+            if tensor.is_floating_point():
+                return tensor.dtype
+        raise ValueError(f"{path}: expected floating-point weights, found none; is this a model checkpoint?")
+
+    @staticmethod
+    def probe(model: torch.nn.Module, seed: int = 0) -> tuple[Tensor, Tensor]:
+        """The export check's probe: (slow, fast) float32 logits on a fixed batch (models/fish_speech/probe.py)."""
+        from tts_lib.models.fish_speech.probe import probe
+
+        return probe(model, seed)
 
     def encode_reference(self, wave: np.ndarray, device: str | torch.device = "cpu") -> Tensor:
         """A reference clip (mono float wave at sample_rate) -> its codes (num_codebooks, F), on the CPU."""
