@@ -11,19 +11,13 @@ PACKAGE = ROOT / "tts_lib"
 STAGES = ("common", "models", "data", "training", "listening", "launch", "versions")
 TOP = "top"  # cli.py, gpu_check.py, __main__.py: commands over every stage
 
-# Upward imports still there, each (importing module, imported module). Both are the Fish family asking the training
-# stage for its memory plan and FLOP count, which are Fish-shaped today (issue 13: they move behind the family).
-KNOWN_UPWARD = {
-    ("tts_lib.models.fish_speech.family", "tts_lib.training.memory_plan"),
-    ("tts_lib.models.fish_speech.family", "tts_lib.training.flops"),
-}
+# Upward imports still there, each (importing module, imported module): none left; kept for the next one's name.
+KNOWN_UPWARD: set[tuple[str, str]] = set()
 # Modules outside tts_lib/models/ that still import Fish Speech's own modules (issue 13: the family-neutral core
 # removes them). A new one fails this test; so does one that no longer does (take it off the list).
 KNOWN_FISH_IMPORTS = {
     "tts_lib.cli",  # validate --tokenizer
     "tts_lib.gpu_check",  # S1-mini's shape
-    "tts_lib.training.flops",  # the memory plan and FLOP count build a Fish model
-    "tts_lib.training.memory_plan",
     "tts_lib.versions.time_table",  # S1-mini's codebooks
     "tts_lib.versions.upstream_lora",  # upstream's LoRA key names
 }

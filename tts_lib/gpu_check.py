@@ -29,6 +29,7 @@ from tts_lib.models.fish_speech.codec import FishCodec, FishCodecConfig
 from tts_lib.models.fish_speech.config import FishSpeechConfig
 from tts_lib.models.fish_speech.generate import generate
 from tts_lib.models.fish_speech.loss import loss_parts
+from tts_lib.models.fish_speech.planning import FishPlanningShape, s1_mini_shape
 from tts_lib.models.fish_speech.tiny import make_tiny_checkpoint
 from tts_lib.training import flops, memory_plan
 from tts_lib.training.adapters import AdapterConfig, add_adapters
@@ -56,8 +57,9 @@ def timed(device: torch.device, fn, repeats: int) -> float:
 
 def training_step(config: FishSpeechConfig, mode: str, max_tokens: int, precision: str, device, repeats: int) -> dict:
     """One optimiser step of `mode` on a random model of `config`'s shape, as the memory plan traces it."""
-    model = memory_plan.build_model(config, mode, precision, False, None).to(device)
-    batch = {k: v.to(device) for k, v in memory_plan.planned_batch(config, max_tokens).items()}
+    shape = FishPlanningShape(config)
+    model = memory_plan.build_model(shape, mode, precision, False, None).to(device)
+    batch = {k: v.to(device) for k, v in shape.batch(max_tokens).items()}
     optimizer = make_optimizer(model, OptimConfig(), device.type)
     dtype = memory_plan.PRECISIONS[precision]
 
@@ -72,13 +74,13 @@ def training_step(config: FishSpeechConfig, mode: str, max_tokens: int, precisio
         torch.cuda.reset_peak_memory_stats(device)
     seconds = timed(device, step, repeats)
     tokens = int(batch["labels"].numel())  # every position of the planned batch is supervised
-    planned = memory_plan.plan_memory(mode, max_tokens, precision=precision, config=config).peak_gib
+    planned = memory_plan.plan_memory(mode, max_tokens, precision=precision, shape=shape).peak_gib
     measured = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     result = {"seconds_per_step": seconds, "tokens_per_s": tokens / seconds, "planned_peak_gib": planned,
               "measured_peak_gib": measured}  # fmt: skip
     machine = cost.detect_machine(cost.GPU_TABLE)
     peak = cost.GPU_TABLE[machine.key].bf16_tflops if machine.key else None
-    per_token = flops.flops_per_token(mode, config=config)
+    per_token = flops.flops_per_token(mode, shape=shape)
     result["mfu"] = per_token * result["tokens_per_s"] / (peak * 1e12) if peak and device.type == "cuda" else None
     return result  # the model and its optimiser go with `step`: the next mode starts from free memory
 
@@ -94,7 +96,7 @@ def codec_speed(codec_config: FishCodecConfig, device, seconds_of_audio: float, 
 
 def generation_speed(config: FishSpeechConfig, device, precision: str, frames: int) -> dict:
     """Codec frames per second of KV-cached generation from a short prompt (random weights: the speed only)."""
-    model = memory_plan.build_model(config, "full", precision, False, None).to(device).eval()
+    model = memory_plan.build_model(FishPlanningShape(config), "full", precision, False, None).to(device).eval()
     model = model.to(memory_plan.PRECISIONS[precision])
     begin = config.vocab_size - config.codebook_size
     prompt = torch.zeros(1 + config.num_codebooks, 16, dtype=torch.long, device=device)
@@ -164,7 +166,7 @@ def run_checks(smoke: bool, max_tokens: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         work = Path(tmp)
         tiny = make_tiny_checkpoint(work / "tiny-demo")
-        config = FishSpeechConfig.from_file(tiny / "config.json") if smoke else memory_plan.s1_mini()
+        config = FishSpeechConfig.from_file(tiny / "config.json") if smoke else s1_mini_shape().config
         tokens = min(max_tokens, 256) if smoke else max_tokens
         for mode in ("quick_lora", "full"):
             results[f"train_{mode}"] = training_step(config, mode, tokens, precision, device, 1 if smoke else 3)

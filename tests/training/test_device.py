@@ -32,9 +32,9 @@ def test_auto_max_tokens_is_the_largest_budget_the_plan_fits_in_the_free_memory(
 
     family = load_family(tiny)
     mode = "quick_lora" if adapter else "full"
-    peak = plan_memory(mode, 4 * TOKEN_STEP, False, "bf16", family.config).peak_gib
+    peak = plan_memory(mode, 4 * TOKEN_STEP, False, "bf16", family.planning_shape()).peak_gib
     # Free memory that holds 4 steps' plan with the margin kept back, and not 5 steps' (the plan grows with tokens)
-    assert plan_memory(mode, 5 * TOKEN_STEP, False, "bf16", family.config).peak_gib > peak
+    assert plan_memory(mode, 5 * TOKEN_STEP, False, "bf16", family.planning_shape()).peak_gib > peak
     free = peak / (1 - device.AUTO_MARGIN) * 1.0001
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int(free * 2**30), int(80 * 2**30)))
     tokens, why = device.auto_max_tokens(family, adapter, torch.device("cuda"), False, torch.bfloat16)

@@ -3,8 +3,8 @@
 import pytest
 
 from tts_lib.models.fish_speech.config import FishSpeechConfig
+from tts_lib.models.fish_speech.planning import ITEM_TOKENS, FishPlanningShape
 from tts_lib.training import flops
-from tts_lib.training.memory_plan import ITEM_TOKENS
 
 SMALL = FishSpeechConfig(
     vocab_size=8192, n_layer=2, n_head=4, n_local_heads=2, dim=64, head_dim=16, intermediate_size=192,
@@ -34,7 +34,7 @@ def forward_flops(c: FishSpeechConfig, layers_only: bool = False) -> tuple[int, 
 
 
 def test_a_full_step_counts_three_forwards_plus_the_recomputed_heads():
-    counted, tokens = flops.count_step_flops("full", max_tokens=TOKENS, config=SMALL)
+    counted, tokens = flops.count_step_flops("full", max_tokens=TOKENS, shape=FishPlanningShape(SMALL))
     dense, attention = forward_flops(SMALL)
     heads = dense - forward_flops(SMALL, layers_only=True)[0]
     # backward: the input and the weight gradients of every matmul (2x), attention 2.5x; the chunked
@@ -44,8 +44,8 @@ def test_a_full_step_counts_three_forwards_plus_the_recomputed_heads():
 
 
 def test_gradient_checkpointing_adds_one_forward_of_the_layers():
-    plain, _ = flops.count_step_flops("full", max_tokens=TOKENS, config=SMALL)
-    checkpointed, _ = flops.count_step_flops("full", True, max_tokens=TOKENS, config=SMALL)
+    plain, _ = flops.count_step_flops("full", max_tokens=TOKENS, shape=FishPlanningShape(SMALL))
+    checkpointed, _ = flops.count_step_flops("full", True, max_tokens=TOKENS, shape=FishPlanningShape(SMALL))
     # torch stops recomputing a layer once backward has what it saved: the last matmul (w2) is not redone
     c = SMALL
     w2 = 2 * TOKENS * c.n_layer * c.intermediate_size * c.dim
@@ -54,8 +54,8 @@ def test_gradient_checkpointing_adds_one_forward_of_the_layers():
 
 
 def test_an_adapter_step_costs_less_than_a_full_one():
-    full, _ = flops.count_step_flops("full", max_tokens=TOKENS, config=SMALL)
-    lora, _ = flops.count_step_flops("quick_lora", max_tokens=TOKENS, config=SMALL)
+    full, _ = flops.count_step_flops("full", max_tokens=TOKENS, shape=FishPlanningShape(SMALL))
+    lora, _ = flops.count_step_flops("quick_lora", max_tokens=TOKENS, shape=FishPlanningShape(SMALL))
     dense, attention = forward_flops(SMALL)
     # no weight gradients for the frozen base, but input gradients through it
     assert 2 * dense < lora < full
@@ -63,11 +63,12 @@ def test_an_adapter_step_costs_less_than_a_full_one():
 
 def test_two_phase_is_counted_per_phase():
     with pytest.raises(ValueError, match="two_phase runs a full phase, then a quick_lora one: count each"):
-        flops.count_step_flops("two_phase", config=SMALL)
+        flops.count_step_flops("two_phase", shape=FishPlanningShape(SMALL))
 
 
 def test_estimate_hours_scales_with_tokens_speed_and_mfu(monkeypatch):
-    monkeypatch.setattr(flops, "s1_mini", lambda: SMALL)  # S1-mini's count takes seconds; the rule is the same
+    # S1-mini's count takes seconds; the rule is the same for the reference shape
+    monkeypatch.setattr(flops, "reference_shape", lambda: FishPlanningShape(SMALL))
     monkeypatch.setattr(flops, "_counts", {})
     per_token = flops.flops_per_token("full")
     hours = flops.estimate_hours(10**9, "full", gpu_bf16_tflops=100.0, mfu=0.5)

@@ -11,6 +11,7 @@ from torch._subclasses import FakeTensorMode
 from tts_lib.models.fish_speech import loss as loss_module
 from tts_lib.models.fish_speech.config import FishSpeechConfig
 from tts_lib.models.fish_speech.loss import loss_parts
+from tts_lib.models.fish_speech.planning import FishPlanningShape, s1_mini_shape
 from tts_lib.training import memory_plan as mp
 
 # S1-mini's layout at small widths; the vocabulary is large next to dim, as S1-mini's is.
@@ -22,8 +23,8 @@ SMALL = dict(
 )  # fmt: skip
 
 
-def small(**changes) -> FishSpeechConfig:
-    return FishSpeechConfig(**{**SMALL, **changes})
+def small(**changes) -> FishPlanningShape:
+    return FishPlanningShape(FishSpeechConfig(**{**SMALL, **changes}))
 
 
 def fake() -> FakeTensorMode:
@@ -40,13 +41,13 @@ def gib(plan: mp.MemoryPlan) -> dict[str, float]:
 
 
 def test_the_parts_add_up_to_the_peak():
-    plan = mp.plan_memory("full", 512, config=small())
+    plan = mp.plan_memory("full", 512, shape=small())
     assert sum(gib(plan).values()) == pytest.approx(plan.peak_gib, rel=1e-9)
     assert plan.peak_during in mp.LiveMemory.PHASE_CATEGORY
 
 
 def test_the_plan_grows_with_max_tokens():
-    plans = [mp.plan_memory("full", n, config=small()) for n in (256, 512, 1024)]
+    plans = [mp.plan_memory("full", n, shape=small()) for n in (256, 512, 1024)]
     peaks = [p.peak_gib for p in plans]
     assert peaks[0] < peaks[1] < peaks[2]
     # what the step holds whatever the batch is the same; what the batch costs roughly doubles with it
@@ -58,36 +59,36 @@ def test_the_plan_grows_with_max_tokens():
 
 def test_gradient_checkpointing_lowers_the_activations():
     for mode in ("full", "quick_lora"):
-        off, on = (mp.plan_memory(mode, 1024, checkpointing, config=small()) for checkpointing in (False, True))
+        off, on = (mp.plan_memory(mode, 1024, checkpointing, shape=small()) for checkpointing in (False, True))
         assert on.activations_gib < 0.7 * off.activations_gib, mode
         assert on.peak_gib < off.peak_gib, mode
 
 
 def test_quick_lora_keeps_a_bf16_base_and_small_trainable_state():
-    full, lora = (mp.plan_memory(mode, 512, config=small()) for mode in ("full", "quick_lora"))
+    full, lora = (mp.plan_memory(mode, 512, shape=small()) for mode in ("full", "quick_lora"))
     assert lora.peak_gib < full.peak_gib
     # the frozen base is bf16 (half of fp32, plus the small fp32 adapter); AdamW and EMA only see the adapter
     assert lora.weights_gib == pytest.approx(full.weights_gib / 2, rel=0.1)
     assert lora.optimizer_gib < full.optimizer_gib / 20 and lora.ema_gib < full.ema_gib / 20
     # under fp32 the loop keeps the base in fp32 too
-    assert mp.plan_memory("quick_lora", 512, precision="fp32", config=small()).weights_gib > lora.weights_gib * 1.8
+    assert mp.plan_memory("quick_lora", 512, precision="fp32", shape=small()).weights_gib > lora.weights_gib * 1.8
 
 
 def test_two_phase_plans_for_its_larger_phase():
-    two = mp.plan_memory("two_phase", 512, config=small())
-    full = mp.plan_memory("full", 512, config=small())
+    two = mp.plan_memory("two_phase", 512, shape=small())
+    full = mp.plan_memory("full", 512, shape=small())
     assert two.mode == "two_phase" and dataclasses.replace(two, mode="full") == full
 
 
 @pytest.mark.parametrize(("mode", "checkpointing"), [("full", False), ("full", True), ("quick_lora", False)])
 def test_fake_tensors_trace_what_real_tensors_hold(mode, checkpointing):
     config = small()
-    batch = mp.planned_batch(config, 512)
+    batch = config.batch(512)
     traces = []
     for fake_mode in (fake(), None):
         torch.manual_seed(0)
         model = mp.build_model(config, mode, "bf16", checkpointing, fake_mode)
-        traces.append(mp.trace_step(model, batch, "bf16", config.vocab_size, rounding=1))
+        traces.append(mp.trace_step(model, batch, "bf16", config, rounding=1))
     faked, real = traces
     assert faked.peak == real.peak > 0
     assert faked.at_peak == real.at_peak and faked.peak_phase == real.peak_phase
@@ -97,7 +98,7 @@ def test_live_memory_counts_what_torch_memtracker_counts():
     from torch.distributed._tools.mem_tracker import MemTracker
 
     config = small()
-    batch = mp.planned_batch(config, 512)
+    batch = config.batch(512)
 
     def forward_backward(model):
         with mp.autocast_for("bf16")():
@@ -115,7 +116,7 @@ def test_live_memory_counts_what_torch_memtracker_counts():
                 forward_backward(model)
             peaks.append(tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"])
         else:
-            live = mp.LiveMemory(config.vocab_size, rounding=1)  # MemTracker rounds CUDA tensors only
+            live = mp.LiveMemory(config.logits_width, rounding=1)  # MemTracker rounds CUDA tensors only
             live.hold([*model.parameters(), *model.buffers()], "weights")
             hooks = live.watch_gradients(model)
             with live:
@@ -142,9 +143,9 @@ def test_chunked_cross_entropy_keeps_the_logits_small(monkeypatch):
     config = small(n_layer=2)
     plans = {}
     for rows in (32, 10**6):  # 32 rows of logits at a time, or every row at once
-        monkeypatch.setattr(loss_module, "CHUNK_ELEMENTS", rows * config.vocab_size)
+        monkeypatch.setattr(loss_module, "CHUNK_ELEMENTS", rows * config.logits_width)
         monkeypatch.setattr(mp, "_plans", {})
-        plans[rows] = mp.plan_memory("full", 1024, config=config)
+        plans[rows] = mp.plan_memory("full", 1024, shape=config)
     chunked, whole = plans[32], plans[10**6]
     # 1024 rows of fp32 logits are 32 MiB; a chunk is 1 MiB, and its copies (fp32, log-softmax, gradient) a few
     assert whole.logits_gib * 2**10 > 32 and chunked.logits_gib * 2**10 < 8
@@ -153,11 +154,11 @@ def test_chunked_cross_entropy_keeps_the_logits_small(monkeypatch):
 
 def test_max_tokens_for_gives_the_largest_budget_that_fits():
     config = small()
-    free = mp.plan_memory("full", 2048, config=config).peak_gib / 0.9 + 0.001  # room for 2048 with a 10% margin
-    tokens = mp.max_tokens_for("full", free, margin=0.1, config=config)
+    free = mp.plan_memory("full", 2048, shape=config).peak_gib / 0.9 + 0.001  # room for 2048 with a 10% margin
+    tokens = mp.max_tokens_for("full", free, margin=0.1, shape=config)
     assert tokens % mp.TOKEN_STEP == 0 and tokens >= 2048
-    assert mp.plan_memory("full", tokens, config=config).peak_gib <= free * 0.9
-    assert mp.plan_memory("full", tokens + mp.TOKEN_STEP, config=config).peak_gib > free * 0.9
+    assert mp.plan_memory("full", tokens, shape=config).peak_gib <= free * 0.9
+    assert mp.plan_memory("full", tokens + mp.TOKEN_STEP, shape=config).peak_gib > free * 0.9
 
 
 @pytest.mark.parametrize("beyond_1024", [0.002, 0.05])  # GiB per token: flatter, then steeper than below
@@ -177,7 +178,7 @@ def test_max_tokens_for_finds_the_budget_where_the_peak_bends(monkeypatch, beyon
 def test_max_tokens_for_refuses_a_gpu_that_is_too_small():
     config = small()
     with pytest.raises(ValueError, match=r"full needs .* GiB at max_tokens 256 .*larger GPU or turn on gradient"):
-        mp.max_tokens_for("full", 0.01, config=config)
+        mp.max_tokens_for("full", 0.01, shape=config)
 
 
 def test_bad_settings_say_what_is_expected():
@@ -190,12 +191,12 @@ def test_bad_settings_say_what_is_expected():
 
 
 def test_the_command_prints_the_breakdown_and_ends_with_the_peak(monkeypatch, capsys):
-    monkeypatch.setattr(mp, "s1_mini", small)  # the command plans S1-mini; a small model keeps this fast
+    monkeypatch.setattr(mp, "reference_shape", small)  # the command plans S1-mini; a small model keeps this fast
     from tts_lib.cli import main
 
     assert main(["memory-plan", "--mode", "quick_lora", "--max-tokens", "512", "--gradient-checkpointing"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
-    plan = mp.plan_memory("quick_lora", 512, True, config=small())
+    plan = mp.plan_memory("quick_lora", 512, True, shape=small())
     assert out[-1] == f"peak_gib={plan.peak_gib:.2f}"
     for category in mp.CATEGORIES:
         assert any(line.split()[:2] == [category, f"{getattr(plan, category + '_gib'):.2f}"] for line in out)
@@ -217,7 +218,7 @@ def test_adapters_under_autocast_take_their_inputs_uncast_which_lowers_the_peak(
     at the forward's peak. S1-mini's widths with few layers, where that peak shows."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    config = dataclasses.replace(mp.s1_mini(), n_layer=4, n_fast_layer=2)
+    config = FishPlanningShape(dataclasses.replace(s1_mini_shape().config, n_layer=4, n_fast_layer=2))
 
     def peak(peft_default: bool) -> float:
         model = mp.build_model(config, "quick_lora", "bf16", False, fake())
@@ -225,6 +226,6 @@ def test_adapters_under_autocast_take_their_inputs_uncast_which_lowers_the_peak(
         assert tuners and all(not m.cast_input_dtype_enabled for m in tuners)  # the loop's rule, traced
         for m in tuners:
             m.cast_input_dtype_enabled = peft_default
-        return mp.trace_step(model, mp.planned_batch(config, 2048), "bf16", config.vocab_size).peak
+        return mp.trace_step(model, config.batch(2048), "bf16", config).peak
 
     assert peak(False) < peak(True) * 0.97

@@ -51,6 +51,29 @@ class LossParts:
         return sum(self.counts.values())
 
 
+class PlanningShape(Protocol):
+    """A family's model at a given shape, for planning without weights: training/memory_plan.py traces its
+    training step on fake tensors, training/flops.py counts that step's FLOPs."""
+
+    key: tuple  # identifies the shape: plans and counts are remembered per key
+    logits_width: int  # the widest output (the vocabulary): tensors this wide count as logits in the plan
+
+    def meta_model(self) -> Any: ...  # the model on the meta device, float32, as load_model builds it
+    def materialize(self, model: Any, device: Any) -> None: ...  # buffers after to_empty (e.g. rotary tables)
+    def batch(self, max_tokens: int) -> dict[str, Any]: ...  # max_tokens padded positions, every one supervised
+    def loss_parts(self, model: Any, batch: dict[str, Any]) -> LossParts: ...
+
+
+def reference_shape(family: str = "fish_speech") -> PlanningShape:
+    """The planning shape of the model a family is mostly fine-tuned from (Fish Speech: OpenAudio S1-mini): what
+    the memory tables, `memory-plan` and `gpu-check` plan for."""
+    if family == "fish_speech":
+        from tts_lib.models.fish_speech.planning import s1_mini_shape
+
+        return s1_mini_shape()
+    raise ValueError(f"no reference shape for family {family!r}")
+
+
 @dataclass(frozen=True)
 class ModuleRoles:
     """Which of a model's modules play which part, by name: what adapters and the optimiser's groups need. The
@@ -92,8 +115,8 @@ class ModelFamily(Protocol):
         loop normalises each over a whole update; supervised_counts(model, batch) returns the same counts
         without a forward pass. selection_metric ("val_<component>_loss" or a score; lower is better) is what
         best checkpoints, early stopping and the forgetting check compare.
-      flops_per_token(mode), max_tokens_for(mode, free_gib, ...): the training step's counted FLOPs and the
-        largest token budget its memory plan fits; mode is quick_lora or full.
+      planning_shape(): this model's PlanningShape: the memory plan (max_tokens: auto) and the FLOP count (the
+        cost estimate) trace it without weights.
 
     Export
       weights_dtype(): the dtype the checkpoint ships its weights in (exports are saved in it by default).
@@ -122,10 +145,7 @@ class ModelFamily(Protocol):
     def collate(self, samples: list[Any]) -> dict[str, Any]: ...
     def loss_parts(self, model: Any, batch: dict[str, Any]) -> LossParts: ...
     def supervised_counts(self, model: Any, batch: dict[str, Any]) -> dict[str, int]: ...
-    def flops_per_token(self, mode: str, gradient_checkpointing: bool = False) -> float: ...
-    def max_tokens_for(
-        self, mode: str, free_gib: float, margin: float, gradient_checkpointing: bool, precision: str, cap: int
-    ) -> int: ...
+    def planning_shape(self) -> PlanningShape: ...
     def generate(self, model: Any, text: str, references: Any = (), **sampling: Any) -> Any: ...
     def encode_reference(self, wave: Any, device: Any = "cpu") -> Any: ...
     def decode(self, targets: Any, device: Any = "cpu") -> Any: ...

@@ -38,7 +38,10 @@ def auto_max_tokens(family, adapter: bool, device: torch.device, gradient_checkp
         free = float(smallest.item())
     mode = "quick_lora" if adapter else "full"
     precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype, "fp32")
-    tokens = family.max_tokens_for(mode, free, AUTO_MARGIN, gradient_checkpointing, precision, AUTO_MAX_TOKENS_CAP)
+    from tts_lib.training.memory_plan import max_tokens_for  # fake-tensor tracing: imported only on a GPU
+
+    shape = family.planning_shape()
+    tokens = max_tokens_for(mode, free, AUTO_MARGIN, gradient_checkpointing, precision, shape, AUTO_MAX_TOKENS_CAP)
     capped = " (the cap)" if tokens == AUTO_MAX_TOKENS_CAP else ""
     return tokens, (f"max_tokens auto: {tokens}{capped}: the largest the memory plan of {mode} fits in the "
                     f"{free:.1f} GiB free with {AUTO_MARGIN:.0%} kept back")  # fmt: skip

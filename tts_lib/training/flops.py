@@ -2,12 +2,13 @@
 
     hours = estimate_hours(planned_tokens, "quick_lora", gpu_bf16_tflops=989.0)  # MFU: ASSUMED_MFU
 
-torch's FlopCounterMode counts the FLOPs of one forward + backward of S1-mini at its full shape on fake
-tensors: the model, batch and loss of `tts_lib.training.memory_plan` (items of 256 positions, every position a
-frame), recomputation included (gradient checkpointing, the chunked slow head). Attention is counted as
-torch counts it, the whole square, causal masking not subtracted (the usual MFU convention). The result
-is per supervised token, the unit the trainer's tokens/s and the cost estimate count: slow positions
-plus frames x codebooks (11 per frame for S1-mini). Real batches also hold text positions, which cost
+torch's FlopCounterMode counts the FLOPs of one forward + backward of a family's model (its PlanningShape;
+S1-mini by default) at its full shape on fake tensors: the model, batch and loss `tts_lib.training.memory_plan`
+traces (Fish Speech: items of 256 positions, every position a frame), recomputation included (gradient
+checkpointing, the chunked slow head). Attention is counted as torch counts it, the whole square, causal
+masking not subtracted (the usual MFU convention). The result is per supervised token, the unit the
+trainer's tokens/s and the cost estimate count: slow positions plus frames x codebooks (11 per frame for
+S1-mini). Real batches also hold text positions, which cost
 slow-transformer FLOPs but supervise nothing: about a tenth more per supervised token.
 """
 
@@ -17,9 +18,8 @@ import torch
 from torch._subclasses import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from tts_lib.models.fish_speech.config import FishSpeechConfig
-from tts_lib.models.fish_speech.loss import loss_parts
-from tts_lib.training.memory_plan import autocast_for, build_model, planned_batch, s1_mini
+from tts_lib.models import PlanningShape, reference_shape
+from tts_lib.training.memory_plan import autocast_for, build_model
 
 # Model FLOPs utilisation assumed where a time is computed from counted FLOPs rather than measured: what eager
 # PyTorch in bf16 typically reaches on A100/H100 for a model of S1-mini's width (dim 1024). `gpu-check` measures
@@ -46,7 +46,7 @@ def count_step_flops(
     gradient_checkpointing: bool = False,
     max_tokens: int = COUNT_TOKENS,
     precision: str = "bf16",
-    config: FishSpeechConfig | None = None,
+    shape: PlanningShape | None = None,
 ) -> tuple[int, int]:
     """(FLOPs of one forward + backward, supervised tokens of its batch), counted on fake tensors."""
     if mode not in TRAINING_MODES:
@@ -54,12 +54,12 @@ def count_step_flops(
             f"FLOPs are counted per training phase: mode must be one of {', '.join(TRAINING_MODES)}, found "
             f"{mode!r} (two_phase runs a full phase, then a quick_lora one: count each)"
         )
-    config = config or s1_mini()
-    model = build_model(config, mode, precision, gradient_checkpointing, FakeTensorMode(allow_non_fake_inputs=True))
-    batch = planned_batch(config, max_tokens)
+    shape = shape or reference_shape()
+    model = build_model(shape, mode, precision, gradient_checkpointing, FakeTensorMode(allow_non_fake_inputs=True))
+    batch = shape.batch(max_tokens)
     with FlopCounterMode(display=False, custom_mapping=cpu_flash_flops()) as counter:
         with autocast_for(precision)():
-            parts = loss_parts(model, batch)
+            parts = shape.loss_parts(model, batch)
         parts.loss().backward()
     return counter.get_total_flops(), parts.tokens
 
@@ -67,11 +67,13 @@ def count_step_flops(
 _counts: dict[tuple, float] = {}
 
 
-def flops_per_token(mode: str, gradient_checkpointing: bool = False, config: FishSpeechConfig | None = None) -> float:
-    """Forward + backward FLOPs per supervised token of S1-mini (or `config`), remembered per process."""
-    key = (mode, gradient_checkpointing, None if config is None else tuple(sorted(config.to_dict().items())))
+def flops_per_token(mode: str, gradient_checkpointing: bool = False, shape: PlanningShape | None = None) -> float:
+    """Forward + backward FLOPs per supervised token of the model of `shape` (None: the reference model,
+    S1-mini), remembered per process."""
+    shape = shape or reference_shape()
+    key = (mode, gradient_checkpointing, shape.key)
     if key not in _counts:
-        flops, tokens = count_step_flops(mode, gradient_checkpointing, config=config)
+        flops, tokens = count_step_flops(mode, gradient_checkpointing, shape=shape)
         _counts[key] = flops / tokens
     return _counts[key]
 

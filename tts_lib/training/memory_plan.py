@@ -1,8 +1,9 @@
 """GPU memory of a fine-tune, traced from one real training step: python -m tts_lib memory-plan --mode quick_lora
 --max-tokens 4096 [--gradient-checkpointing] [--precision bf16] [--free-gib 22]   (the CLI's `memory-plan`)
 
-No hand arithmetic: S1-mini is built with our own classes on fake tensors (shapes, dtypes and autocast
-rules; no memory, no math), and the training loop's own pieces run on it: `add_adapters`, `loss_parts`
+No hand arithmetic: the family's model (its PlanningShape; S1-mini by default) is built on fake tensors
+(shapes, dtypes and autocast rules; no memory, no math), and the training loop's own pieces run on it:
+`add_adapters`, the family's `loss_parts`
 (chunked heads included), AdamW from `make_optimizer` (fused, as on a GPU), gradient clipping, the EMA
 update, then a validation pass with the EMA weights swapped in. `LiveMemory` counts the bytes of every
 tensor storage from the op that makes it to its release; the breakdown at the highest total is the plan.
@@ -12,8 +13,8 @@ What the plan assumes, as the training loop does it on a GPU:
 - quick_lora: the frozen base in bf16 (under bf16; fp32 otherwise), the adapter fp32, AdamW and EMA over
   the adapter only. full: fp32 weights under bf16 autocast, AdamW and EMA over every weight. two_phase:
   the larger of its two phases (the full one).
-- A batch of max_tokens padded positions: items of ITEM_TOKENS positions, every position a supervised frame
-  (the most the fast transformer and the loss can cost per position).
+- A batch of max_tokens padded positions from the family, every position supervised (Fish Speech: items of
+  256 positions, every one a frame: the most the fast transformer and the loss can cost per position).
 - CPU kernels stand in for CUDA's: the same autocast casts for matmuls, a flash-attention kernel that keeps
   the same (output, logsumexp) for backward. Where a CPU kernel keeps more, the plan runs the CUDA way:
   dropout through the fused kernel with a bool mask (`FusedDropout`).
@@ -43,9 +44,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
 
-from tts_lib.models.fish_speech.config import S1_MINI_CONFIG, FishSpeechConfig
-from tts_lib.models.fish_speech.lm import FishSpeechLM
-from tts_lib.models.fish_speech.loss import loss_parts
+from tts_lib.models import PlanningShape, reference_shape
 from tts_lib.training.adapters import AdapterConfig, add_adapters, is_adapted, keep_autocast_inputs
 from tts_lib.training.ema import EMA
 from tts_lib.training.optim import OptimConfig, make_optimizer
@@ -53,8 +52,6 @@ from tts_lib.training.optim import OptimConfig, make_optimizer
 MODES = ("quick_lora", "full", "two_phase")
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 CATEGORIES = ("weights", "gradients", "optimizer", "ema", "activations", "logits")
-# Positions per item of the planned batch: an utterance of about 10 s (215 frames) with its text.
-ITEM_TOKENS = 256
 CUDA_ROUNDING = 512  # bytes: the smallest block CUDA's caching allocator hands out
 TOKEN_STEP = 256  # max_tokens_for answers in multiples of this
 GIB = 2**30
@@ -138,12 +135,8 @@ class LiveMemory(TorchDispatchMode):
         return out
 
 
-def s1_mini() -> FishSpeechConfig:
-    return FishSpeechConfig(**S1_MINI_CONFIG)
-
-
 def build_model(
-    config: FishSpeechConfig,
+    shape: PlanningShape,
     mode: str,
     precision: str,
     gradient_checkpointing: bool,
@@ -153,16 +146,15 @@ def build_model(
     """The model as `tts_lib.training.train.build_model` makes it, on fake CPU tensors (`fake`), or on real random
     ones on `device` (None: to check the trace against real tensors; on a GPU, against
     torch.cuda.max_memory_allocated over `trace_step`)."""
-    # Where the semantic ids lie changes no size: take the last codebook_size ids of the vocabulary.
-    begin = config.vocab_size - config.codebook_size
     frozen_bf16 = mode == "quick_lora" and precision == "bf16"  # the loop's rule: a bf16 base only under bf16
-    with torch.device("meta"):
-        model = FishSpeechLM(config, semantic_begin_id=begin).to(torch.bfloat16 if frozen_bf16 else torch.float32)
-        model.gradient_checkpointing = gradient_checkpointing
-        if mode == "quick_lora":
-            model = add_adapters(model, AdapterConfig())  # trainable weights fp32
-            if precision != "fp32":  # the loop's rule: under autocast adapters take their inputs uncast
-                keep_autocast_inputs(model)
+    base = shape.meta_model().to(torch.bfloat16 if frozen_bf16 else torch.float32)
+    base.gradient_checkpointing = gradient_checkpointing
+    model = base
+    if mode == "quick_lora":
+        with torch.device("meta"):
+            model = add_adapters(base, AdapterConfig())  # trainable weights fp32
+        if precision != "fp32":  # the loop's rule: under autocast adapters take their inputs uncast
+            keep_autocast_inputs(model)
     for module in list(model.modules()):
         for name, child in module.named_children():
             if isinstance(child, nn.Dropout):  # LoRA's dropout
@@ -170,7 +162,7 @@ def build_model(
     device = "cpu" if fake is not None else device
     with fake or contextlib.nullcontext():
         model.to_empty(device=device)
-        lm(model).build_rope_tables(device)
+        shape.materialize(model.get_base_model() if is_adapted(model) else model, device)
     if fake is None:
         with torch.no_grad():
             for p in model.parameters():
@@ -191,23 +183,8 @@ class FusedDropout(nn.Module):
         return torch.native_dropout(x, self.p, self.training)[0] if self.training else x
 
 
-def lm(model: nn.Module) -> FishSpeechLM:
-    return model.get_base_model() if is_adapted(model) else model
-
-
-def planned_batch(config: FishSpeechConfig, max_tokens: int) -> dict[str, torch.Tensor]:
-    """Real (tiny) index tensors: ceil(max_tokens / ITEM_TOKENS) items, every position a supervised frame."""
-    length = min(ITEM_TOKENS, max_tokens, config.max_seq_len)
-    items = math.ceil(max_tokens / length)
-    begin = config.vocab_size - config.codebook_size
-    tokens = torch.zeros(items, 1 + config.num_codebooks, length, dtype=torch.long)
-    tokens[:, 0] = begin
-    labels = torch.full((items, length), begin, dtype=torch.long)
-    return {"tokens": tokens, "labels": labels, "codes": tokens[:, 1:].clone()}
-
-
 def trace_step(
-    model: nn.Module, batch: dict, precision: str, vocab_size: int, rounding: int = CUDA_ROUNDING
+    model: nn.Module, batch: dict, precision: str, shape: PlanningShape, rounding: int = CUDA_ROUNDING
 ) -> LiveMemory:
     """One training step of `model` (the loop's second on: AdamW's moments exist, no gradients do) and one
     validation pass with the EMA swapped in, under LiveMemory, on the device of the model's weights."""
@@ -224,14 +201,14 @@ def trace_step(
         optimizer.zero_grad(set_to_none=True)
     ema = EMA(model)
 
-    tracker = LiveMemory(vocab_size, rounding)
+    tracker = LiveMemory(shape.logits_width, rounding)
     tracker.hold([*model.parameters(), *model.buffers()], "weights")
     tracker.hold([t for state in optimizer.state.values() for t in state.values()], "optimizer")
     tracker.hold(ema.shadow.values(), "ema")
     hooks = tracker.watch_gradients(model)
     with tracker:
         with autocast():
-            loss = loss_parts(model, batch).loss()
+            loss = shape.loss_parts(model, batch).loss()
         tracker.phase = "backward"
         loss.backward()
         del loss
@@ -247,7 +224,7 @@ def trace_step(
         with torch.no_grad(), ema.swap_into(model):
             tracker.phase = "validation"
             with autocast():
-                loss_parts(model, batch)
+                shape.loss_parts(model, batch)
         model.train()
     return tracker
 
@@ -266,24 +243,24 @@ def plan_memory(
     max_tokens: int,
     gradient_checkpointing: bool = False,
     precision: str = "bf16",
-    config: FishSpeechConfig | None = None,
+    shape: PlanningShape | None = None,
 ) -> MemoryPlan:
-    """The traced plan for one training setting; `config` None is S1-mini. Remembered per process."""
+    """The traced plan for one training setting of the model of `shape` (None: the reference model, S1-mini).
+    Remembered per process."""
     if mode not in MODES:
         raise ValueError(f"memory plan: mode must be one of {', '.join(MODES)}, found {mode!r}")
     if precision not in PRECISIONS:
         raise ValueError(f"memory plan: precision must be one of {', '.join(PRECISIONS)}, found {precision!r}")
     if not isinstance(max_tokens, int) or max_tokens < 1:
         raise ValueError(f"memory plan: max_tokens must be a whole number >= 1, found {max_tokens!r}")
-    config = config or s1_mini()
+    shape = shape or reference_shape()
     if mode == "two_phase":  # phase one trains every weight, phase two an adapter: the run needs the larger
-        phases = [plan_memory(m, max_tokens, gradient_checkpointing, precision, config) for m in ("full", "quick_lora")]
+        phases = [plan_memory(m, max_tokens, gradient_checkpointing, precision, shape) for m in ("full", "quick_lora")]
         return dataclasses.replace(max(phases, key=lambda p: p.peak_gib), mode="two_phase")
-    key = (mode, max_tokens, gradient_checkpointing, precision, tuple(sorted(config.to_dict().items())))
+    key = (mode, max_tokens, gradient_checkpointing, precision, shape.key)
     if key not in _plans:
-        model = build_model(config, mode, precision, gradient_checkpointing, FakeTensorMode(allow_non_fake_inputs=True))
-        batch = planned_batch(config, max_tokens)
-        tracker = trace_step(model, batch, precision, config.vocab_size)
+        model = build_model(shape, mode, precision, gradient_checkpointing, FakeTensorMode(allow_non_fake_inputs=True))
+        tracker = trace_step(model, shape.batch(max_tokens), precision, shape)
         parts = {f"{c}_gib": tracker.at_peak[c] / GIB for c in CATEGORIES}
         _plans[key] = MemoryPlan(
             mode, max_tokens, gradient_checkpointing, precision, **parts, peak_gib=tracker.peak / GIB,
@@ -311,7 +288,7 @@ def max_tokens_for(
     margin: float = 0.1,
     gradient_checkpointing: bool = False,
     precision: str = "bf16",
-    config: FishSpeechConfig | None = None,
+    shape: PlanningShape | None = None,
     cap: int | None = None,
 ) -> int:
     """The largest max_tokens (a multiple of TOKEN_STEP, at most `cap`) whose planned peak fits in `free_gib`
@@ -319,10 +296,10 @@ def max_tokens_for(
     budget = free_gib * (1 - margin)
 
     def fits(tokens: int) -> bool:
-        return plan_memory(mode, tokens, gradient_checkpointing, precision, config).peak_gib <= budget
+        return plan_memory(mode, tokens, gradient_checkpointing, precision, shape).peak_gib <= budget
 
     if not fits(TOKEN_STEP):
-        smallest = plan_memory(mode, TOKEN_STEP, gradient_checkpointing, precision, config).peak_gib
+        smallest = plan_memory(mode, TOKEN_STEP, gradient_checkpointing, precision, shape).peak_gib
         raise ValueError(
             f"{mode} needs {smallest:.1f} GiB at max_tokens {TOKEN_STEP} by the memory plan, but only "
             f"{free_gib:.1f} GiB are free ({budget:.1f} GiB after the {margin:.0%} margin); use a larger GPU"
@@ -330,8 +307,8 @@ def max_tokens_for(
         )
     # The peak grows about linearly with max_tokens: a line through two plans gives the guess, then
     # single steps settle it against the traced plans themselves.
-    low = plan_memory(mode, TOKEN_STEP, gradient_checkpointing, precision, config)
-    high = plan_memory(mode, 4 * TOKEN_STEP, gradient_checkpointing, precision, config)
+    low = plan_memory(mode, TOKEN_STEP, gradient_checkpointing, precision, shape)
+    high = plan_memory(mode, 4 * TOKEN_STEP, gradient_checkpointing, precision, shape)
     per_token = max((high.peak_gib - low.peak_gib) / (3 * TOKEN_STEP), 1e-9)
     most = cap // TOKEN_STEP * TOKEN_STEP if cap is not None else None
     guess = TOKEN_STEP * max(1, int((TOKEN_STEP + (budget - low.peak_gib) / per_token) // TOKEN_STEP))

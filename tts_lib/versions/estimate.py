@@ -24,6 +24,7 @@ from tts_lib.data.sampler import LengthBucketedBatchSampler
 from tts_lib.models import load_family
 from tts_lib.training.adapters import add_adapters
 from tts_lib.training.device import pick_device
+from tts_lib.training.flops import flops_per_token
 from tts_lib.training.train import choose_precision, load_samples
 from tts_lib.versions import cost
 
@@ -47,8 +48,8 @@ def estimate_run(config, out, start, train_items, steps, scratch, table, machine
     # nothing measured here scales to a GPU (a CPU, or a GPU not in the table): count the FLOPs instead
     counted = None
     if machine.key is None:
-        counted = load_family(start.weights).flops_per_token("quick_lora" if lora else "full",
-                                                             config.train.gradient_checkpointing)  # fmt: skip
+        mode, shape = "quick_lora" if lora else "full", load_family(start.weights).planning_shape()
+        counted = flops_per_token(mode, config.train.gradient_checkpointing, shape)
     estimate = cost.estimate_cost(planned, throughput, machine.key, table, scratch_tokens, price_for=config.gpu,
                                   machine=machine.name, flops_per_token=counted)  # fmt: skip
     text = cost.format_estimate(estimate)

@@ -44,21 +44,11 @@ class FishSpeechFamily:
         its weights (hashed once, then remembered beside the cache)."""
         return {"id": self.folder.name, "hash": checkpoint_hash(self.folder / MODEL_FILE)}
 
-    def max_tokens_for(
-        self, mode: str, free_gib: float, margin: float, gradient_checkpointing: bool, precision: str, cap: int
-    ) -> int:
-        """The largest max_tokens, at most `cap`, whose traced training step (tts_lib.training.memory_plan, this model's
-        shape on fake tensors) fits `free_gib` less `margin`."""
-        from tts_lib.training.memory_plan import max_tokens_for
+    def planning_shape(self):
+        """This model's shape for the memory plan and the FLOP count (models/fish_speech/planning.py)."""
+        from tts_lib.models.fish_speech.planning import FishPlanningShape
 
-        return max_tokens_for(mode, free_gib, margin, gradient_checkpointing, precision, self.config, cap)
-
-    def flops_per_token(self, mode: str, gradient_checkpointing: bool = False) -> float:
-        """Training FLOPs (forward + backward) per supervised token of this model in `mode` (quick_lora or
-        full), counted by tts_lib.training.flops on fake tensors at this model's shape."""
-        from tts_lib.training.flops import flops_per_token
-
-        return flops_per_token(mode, gradient_checkpointing, self.config)
+        return FishPlanningShape(self.config)
 
     def codec(self, device: str | torch.device = "cpu") -> FishCodec:
         if self._codec is None:
