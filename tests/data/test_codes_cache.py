@@ -60,9 +60,12 @@ def test_encodes_once_then_reads_the_cache(tmp_path, capsys):
     assert said.index("at the first batch's rate") < said.index("codes: 5/5 encoded")
 
     again = [Item(**{**vars(i), "codes": None}) for i in items]
-    second = extract_codes(again, spec(codec), tmp_path / "cache")
+    calls = []
+    second = extract_codes(again, spec(codec), tmp_path / "cache", progress=lambda *a: calls.append(a))
     assert (second.encoded, second.cached, codec.calls) == (0, 5, 3)
     assert [i.codes for i in again] == [i.codes for i in items]
+    assert "codes: nothing to encode: 5 cached" in capsys.readouterr().out
+    assert calls == [(0, 0)]  # a notebook's bar ends done, not at "0/?"
 
 
 def test_only_new_or_changed_audio_is_encoded(tmp_path):

@@ -107,6 +107,11 @@ def extract_codes(
     if total:
         print(f"codes: {total} clips ({audio_s / 3600:.2f} h of audio) to encode on {spec.device}, "
               f"{summary.cached} cached, {summary.reused_upstream} upstream .npy reused", flush=True)  # fmt: skip
+    else:  # say so, and close a notebook's bar as done rather than leave it at "0/?"
+        print(f"codes: nothing to encode: {summary.cached} cached, {summary.reused_upstream} upstream .npy reused, "
+              f"{len(summary.failed)} unreadable", flush=True)  # fmt: skip
+        if progress:
+            progress(0, 0)
     for first in range(0, total, batch_size):
         chunk = todo[first : first + batch_size]
         waves, ready = [], []
