@@ -15,7 +15,7 @@ from tts_lib.data.ingest import ingest
 from tts_lib.data.manifest import read_manifest, write_manifest
 from tts_lib.data.split import SplitConfig, SplitSummary, assign_splits
 from tts_lib.data.text_coverage import Encoder
-from tts_lib.data.validate import ValidationConfig, ValidationReport, validate_items
+from tts_lib.data.validate import ValidationConfig, ValidationReport, validate_ingested
 from tts_lib.models import ModelFamily
 
 
@@ -49,15 +49,7 @@ def prepare_dataset(
         if earlier is not None and Path(earlier).exists():
             previous.update({i.id: i.split for i in read_manifest(earlier) if i.split})
     split_summary = assign_splits(result.items, split, previous)
-    report = validate_items(
-        result.items,
-        validation,
-        encoder,
-        source=str(result.source),
-        fmt=result.format,
-        earlier_problems=result.problems,
-        family=family,
-    )
+    report = validate_ingested(result, validation, encoder, family)
     write_manifest(manifest, result.items)
     atomic_write_json(out_dir / "validation.json", report.to_json())
     return PreparedData(manifest, report, split_summary)

@@ -331,7 +331,13 @@ def validate_path(
     **ingest_options,
 ) -> ValidationReport:
     """Ingest `path` in any supported format, then validate it (against the model `family`, when given)."""
-    result = ingest(path, **ingest_options)
+    return validate_ingested(ingest(path, **ingest_options), config, encoder, family)
+
+
+def validate_ingested(
+    result, config: ValidationConfig | None = None, encoder: Encoder | None = None, family: ModelFamily | None = None
+) -> ValidationReport:
+    """Validate what `ingest` found, its own problems (unreadable rows, missing files) included."""
     return validate_items(
         result.items,
         config,

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
 from tts_lib.common.config_io import config_to_dict
-from tts_lib.common.fileio import atomic_write_json
+from tts_lib.common.fileio import atomic_write_json, read_json
 from tts_lib.data.manifest import Item
 from tts_lib.data.sampler import LengthBucketedBatchSampler
 from tts_lib.models import load_family
@@ -94,7 +93,3 @@ def time_training_steps(
 
     throughput = cost.measure_training_throughput(step, warmup=1, steps=steps)
     return throughput, sum(tokens) / len(tokens) * config.train.grad_accum
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text(encoding="utf-8"))

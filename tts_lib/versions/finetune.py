@@ -21,7 +21,6 @@ Running the same command again resumes an interrupted run and ends with the same
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from typing import Literal
 
 from tts_lib.common.config_io import config_to_dict
 from tts_lib.common.errors import DataError
-from tts_lib.common.fileio import atomic_write_json, default_cache_dir
+from tts_lib.common.fileio import atomic_write_json, default_cache_dir, read_json
 from tts_lib.data.codes_cache import extract_codes
 from tts_lib.data.manifest import Item, read_manifest, write_manifest
 from tts_lib.data.prepare import prepare_dataset
@@ -414,7 +413,3 @@ def speaker_manifest(config: FinetuneConfig, out: Path, items: list[Item], frame
     steps = config.speaker_max_steps or parents.recommended_steps(train_frames, budget, EPOCHS["lora"], 20)
     print(f"phase two: speaker {speaker} ({seconds[speaker] / 60:.1f} min of training audio), {steps} steps")
     return path, steps
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
