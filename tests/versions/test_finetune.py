@@ -20,6 +20,7 @@ from tts_lib.models import load_family
 from tts_lib.models.fish_speech.lm import FishSpeechLM
 from tts_lib.models.fish_speech.tiny import make_tiny_checkpoint
 from tts_lib.training.adapters import AdapterConfig
+from tts_lib.versions import cost
 from tts_lib.versions.finetune import FinetuneConfig, run_finetune
 from tts_lib.versions.lineage import read_metadata
 
@@ -82,7 +83,11 @@ def test_quick_lora_leaves_a_merged_model_an_adapter_a_package_and_lineage(world
     assert meta["samples"] == {"new": 11, "total": 11}
     assert meta["hyperparameters"]["lr"] == 1e-4 and meta["hyperparameters"]["r"] == 8
     assert meta["best_val"]["val_codebook_loss"] > 0
-    assert json.loads((out / "estimate.json").read_text())["tokens_per_s"] > 0
+    estimate = json.loads((out / "estimate.json").read_text())
+    assert estimate["tokens_per_s"] > 0
+    # measured on a CPU: every GPU gets a time computed from this model's counted FLOPs, labelled so
+    computed = [r for r in estimate["rows"] if r["basis"].startswith("computed: counted FLOPs")]
+    assert {r["gpu"] for r in computed} == set(cost.GPU_TABLE) and all(r["hours"] > 0 for r in computed)
     assert json.loads((out / "results.json").read_text()) == v1
     assert v1["forgetting"] is None and meta["forgetting"] is None and not (out / "forgetting.json").exists()
     assert v1["plots"] == ["dataset.png", "train/training.png"] and v1["metadata"] == "metadata.json"
