@@ -152,3 +152,15 @@ def test_extract_codes_records_codes_in_the_manifest(tmp_path, capsys):
     assert all(Path(i.codes).is_file() for i in items)
     assert main(args) == 0
     assert "0 encoded, 4 cached" in capsys.readouterr().out
+
+
+def test_validate_measures_the_text_with_a_models_tokenizer(tmp_path, capsys):
+    """--tokenizer takes a model (name or folder) like --base-model, and uses that model family's tokenizer."""
+    assert main(["make-tiny-model", str(tmp_path / "tiny")]) == 0
+    amharic = str(ROOT / "data" / "demo" / "am_speaker")
+    capsys.readouterr()
+    assert main(["validate", amharic, "--no-decode", "--tokenizer", str(tmp_path / "tiny"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [p["code"] for p in report["problems"]] == ["tokenizer_coverage"]
+    assert main(["validate", amharic, "--no-decode", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["problems"] == []

@@ -18,7 +18,8 @@ def test_smoke_runs_every_check_and_ends_with_one_json_line(capsys, monkeypatch,
     for mode in ("quick_lora", "full"):
         t = r[f"train_{mode}"]
         assert t["tokens_per_s"] > 0 and t["planned_peak_gib"] > 0 and t["measured_peak_gib"] is None
-    assert r["codec"]["seconds_per_hour_of_audio"] > 0 and r["generation"]["frames"] > 0
+    speeds = r["family_speeds"]
+    assert speeds["codec"]["seconds_per_hour_of_audio"] > 0 and speeds["generation"]["frames"] > 0
     merge = r["merge_bf16"]
     assert merge["dtype"] == "bfloat16" and merge["adapter_effect"] > merge["max_abs_diff"]
     assert r["two_process"] == {"processes": 2, "steps": 2, "seconds": pytest.approx(r["two_process"]["seconds"])}
@@ -33,3 +34,17 @@ def test_without_a_gpu_it_says_to_use_smoke(monkeypatch):
         from tts_lib.gpu_check import run_checks
 
         run_checks(smoke=False, max_tokens=4096)
+
+
+def test_tokens_per_second_counts_supervised_tokens_the_unit_of_the_flop_count(tmp_path):
+    """MFU = FLOPs per supervised token x supervised tokens/s: counting positions instead would understate it
+    by the codebooks per frame (11x for S1-mini)."""
+    import torch
+
+    from tts_lib.gpu_check import training_step
+    from tts_lib.models import load_family, make_tiny_checkpoint
+
+    shape = load_family(make_tiny_checkpoint(tmp_path / "tiny")).planning_shape()
+    result = training_step(shape, "full", 256, "fp32", torch.device("cpu"), 1)
+    positions = shape.batch(256)["labels"].numel()
+    assert result["tokens_per_s"] * result["seconds_per_step"] == pytest.approx(positions * shape.supervised_per_frame)

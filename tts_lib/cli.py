@@ -67,7 +67,9 @@ def add_validation_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-duration", type=float, default=d.max_duration, help="seconds")
     p.add_argument("--no-decode", action="store_true", help="headers only: skip clipping/silence/duplicates")
     p.add_argument("--workers", type=int, default=0, help="decoding processes (0 = one per core)")
-    p.add_argument("--tokenizer", help="checkpoint folder with tokenizer.tiktoken: report coverage per script")
+    p.add_argument("--tokenizer", metavar="MODEL",
+                   help="report tokens per character per script with this model's tokenizer (name or folder; "
+                   "--base-model does too)")  # fmt: skip
     p.add_argument("--base-model", help="also check every item fits this model's max_seq_len (name or folder)")
 
 
@@ -82,17 +84,12 @@ def validation_config(args: argparse.Namespace) -> ValidationConfig:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    encoder = None
-    if args.tokenizer:
-        from tts_lib.models.fish_speech.tokenizer import FishTokenizer
+    from tts_lib.launch.bundle import resolve_base_model
+    from tts_lib.models import load_family
 
-        encoder = FishTokenizer.from_dir(args.tokenizer)
-    family = None
-    if args.base_model:  # also: does every item fit this model's max_seq_len?
-        from tts_lib.launch.bundle import resolve_base_model
-        from tts_lib.models import load_family
-
-        family = load_family(resolve_base_model(args.base_model))
+    encoder = load_family(resolve_base_model(args.tokenizer)).text_encoder() if args.tokenizer else None
+    # also: does every item fit this model's max_seq_len? (and, without --tokenizer, its tokenizer's coverage)
+    family = load_family(resolve_base_model(args.base_model)) if args.base_model else None
     result = ingest(args.path, **ingest_options(args))
     report = validate_items(
         result.items,
@@ -378,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("gpu-check", help="acceptance check on a GPU: training steps, memory vs plan, codec, merge")
     p.add_argument("--smoke", action="store_true", help="the same code paths at tiny shapes on the CPU (CI)")
     p.add_argument("--max-tokens", type=int, default=4096, help="padded positions per training step (default 4096)")
+    p.add_argument("--family", default="fish_speech", help="the model family whose reference shape is checked")
     p.set_defaults(func=cmd_gpu_check)
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)

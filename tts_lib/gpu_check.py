@@ -1,10 +1,11 @@
-"""The GPU acceptance check: python -m tts_lib gpu-check [--smoke] [--max-tokens 4096]
+"""The GPU acceptance check: python -m tts_lib gpu-check [--smoke] [--max-tokens 4096] [--family fish_speech]
 
-What only a GPU instance runs, in a few minutes on one GPU: an S1-mini-shaped random model in bf16, one
-quick_lora and one full training step at max_tokens 4096 (peak memory from torch.cuda.max_memory_allocated
-beside the memory plan's figure, tokens/s, and MFU from the counted FLOPs), the codec's encoding speed
-(seconds per hour of audio), the bf16 merge check, generation speed, and the real training loop for two
-steps in two processes (NCCL) when there are two GPUs. Prints a table and one line `gpu_check={json}`.
+What only a GPU instance runs, in a few minutes on one GPU: a random model of the family's reference shape
+(Fish Speech: S1-mini) in bf16, one quick_lora and one full training step at max_tokens 4096 (peak memory from
+torch.cuda.max_memory_allocated beside the memory plan's figure, supervised tokens/s, and MFU from the counted
+FLOPs), the family's own speeds (Fish Speech: the codec's seconds per hour of audio, generation frames/s), the
+bf16 merge check, and the real training loop for two steps in two processes (NCCL) when there are two GPUs.
+Prints a table and one line `gpu_check={json}`.
 
 --smoke runs the same code paths at tiny shapes on the CPU (fp32, gloo for the two processes), so this
 command cannot rot between GPU runs: CI runs it. Its figures mean nothing. Measured GPU figures belong in
@@ -24,13 +25,7 @@ from pathlib import Path
 
 import torch
 
-from tts_lib.models import load_family
-from tts_lib.models.fish_speech.codec import FishCodec, FishCodecConfig
-from tts_lib.models.fish_speech.config import FishSpeechConfig
-from tts_lib.models.fish_speech.generate import generate
-from tts_lib.models.fish_speech.loss import loss_parts
-from tts_lib.models.fish_speech.planning import FishPlanningShape, s1_mini_shape
-from tts_lib.models.fish_speech.tiny import make_tiny_checkpoint
+from tts_lib.models import PlanningShape, family_module, load_family, make_tiny_checkpoint, reference_shape
 from tts_lib.training import flops, memory_plan
 from tts_lib.training.adapters import AdapterConfig, add_adapters
 from tts_lib.training.optim import OptimConfig, make_optimizer
@@ -55,25 +50,26 @@ def timed(device: torch.device, fn, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def training_step(config: FishSpeechConfig, mode: str, max_tokens: int, precision: str, device, repeats: int) -> dict:
-    """One optimiser step of `mode` on a random model of `config`'s shape, as the memory plan traces it."""
-    shape = FishPlanningShape(config)
+def training_step(shape: PlanningShape, mode: str, max_tokens: int, precision: str, device, repeats: int) -> dict:
+    """One optimiser step of `mode` on a random model of `shape`, as the memory plan traces it."""
     model = memory_plan.build_model(shape, mode, precision, False, None).to(device)
     batch = {k: v.to(device) for k, v in shape.batch(max_tokens).items()}
     optimizer = make_optimizer(model, OptimConfig(), device.type)
     dtype = memory_plan.PRECISIONS[precision]
+    supervised = []
 
     def step() -> None:
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            loss = loss_parts(model, batch).loss()
-        loss.backward()
+            parts = shape.loss_parts(model, batch)
+        parts.loss().backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        supervised.append(parts.tokens)
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     seconds = timed(device, step, repeats)
-    tokens = int(batch["labels"].numel())  # every position of the planned batch is supervised
+    tokens = supervised[-1]  # the unit FLOPs are counted in (flops.flops_per_token) and the trainer logs
     planned = memory_plan.plan_memory(mode, max_tokens, precision=precision, shape=shape).peak_gib
     measured = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     result = {"seconds_per_step": seconds, "tokens_per_s": tokens / seconds, "planned_peak_gib": planned,
@@ -85,45 +81,20 @@ def training_step(config: FishSpeechConfig, mode: str, max_tokens: int, precisio
     return result  # the model and its optimiser go with `step`: the next mode starts from free memory
 
 
-def codec_speed(codec_config: FishCodecConfig, device, seconds_of_audio: float, repeats: int) -> dict:
-    """Seconds to encode an hour of audio with a random codec of this shape (weights do not change the speed)."""
-    codec = FishCodec(codec_config).to(device).eval()
-    waves = [torch.randn(int(seconds_of_audio * codec.sample_rate), device=device) * 0.1 for _ in range(4)]
-    with torch.no_grad():
-        seconds = timed(device, lambda: codec.encode_batch(waves), repeats)
-    return {"seconds_per_hour_of_audio": seconds / (4 * seconds_of_audio / 3600)}
-
-
-def generation_speed(config: FishSpeechConfig, device, precision: str, frames: int) -> dict:
-    """Codec frames per second of KV-cached generation from a short prompt (random weights: the speed only)."""
-    model = memory_plan.build_model(FishPlanningShape(config), "full", precision, False, None).to(device).eval()
-    model = model.to(memory_plan.PRECISIONS[precision])
-    begin = config.vocab_size - config.codebook_size
-    prompt = torch.zeros(1 + config.num_codebooks, 16, dtype=torch.long, device=device)
-    prompt[0] = torch.arange(16, device=device) % max(begin - 1, 1)
-    options = dict(max_new_tokens=frames, im_end_id=begin - 1, semantic_begin_id=begin,
-                   semantic_end_id=begin + config.codebook_size - 1, seed=0, residual_codebook_size=None)  # fmt: skip
-    made = []
-    seconds = timed(device, lambda: made.append(generate(model, prompt, **options)), 1)
-    return {"frames_per_s": made[-1].shape[1] / seconds, "frames": made[-1].shape[1]}
-
-
-def merge_check(folder: Path, out: Path) -> dict:
+def merge_check(tiny: Path, work: Path) -> dict:
     """The bf16 merge check on the tiny model saved in bf16 (as S1-mini ships): a trained-looking adapter must
     survive the export, and the check must say by how much."""
-    from tts_lib.models.fish_speech.checkpoint import MODEL_FILE, load_state_dict_file
     from tts_lib.versions.export import export_merged
 
-    state = load_state_dict_file(folder / MODEL_FILE)
-    torch.save({k: v.to(torch.bfloat16) for k, v in state.items()}, folder / MODEL_FILE)
-    family = load_family(folder)
-    model = add_adapters(family.load_model(), AdapterConfig(lora_dropout=0.0)).eval()
+    bf16 = load_family(tiny)
+    bf16 = load_family(bf16.save(bf16.load_model(dtype=torch.bfloat16), work / "tiny-bf16"))
+    model = add_adapters(bf16.load_model(), AdapterConfig(lora_dropout=0.0)).eval()
     with torch.no_grad():
         g = torch.Generator().manual_seed(0)
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    report = export_merged(family, model, out)
+    report = export_merged(bf16, model, work / "merged")
     return {"dtype": report.dtype, "max_abs_diff": report.max_abs_diff, "adapter_effect": report.adapter_effect,
             "accepted": True}  # fmt: skip
 
@@ -155,25 +126,25 @@ def two_process_training(folder: Path, work: Path, backend_device: str) -> dict:
     return {"processes": 2, "steps": 2, "seconds": time.perf_counter() - start}
 
 
-def run_checks(smoke: bool, max_tokens: int) -> dict:
+def run_checks(smoke: bool, max_tokens: int, family: str = "fish_speech") -> dict:
     device = torch.device("cpu" if smoke else "cuda")
     if not smoke and not torch.cuda.is_available():
         raise RuntimeError("gpu-check needs a CUDA GPU; on a CPU run `gpu-check --smoke` (tiny shapes, figures "
                            "that mean nothing)")
     precision = "fp32" if smoke else "bf16"
     results: dict = {"smoke": smoke, "device": cost.detect_machine(cost.GPU_TABLE).name, "torch": torch.__version__,
-                     "precision": precision}  # fmt: skip
+                     "precision": precision, "family": family}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         work = Path(tmp)
-        tiny = make_tiny_checkpoint(work / "tiny-demo")
-        config = FishSpeechConfig.from_file(tiny / "config.json") if smoke else s1_mini_shape().config
+        tiny = make_tiny_checkpoint(work / "tiny-demo", family=family)
+        shape = load_family(tiny).planning_shape() if smoke else reference_shape(family)
         tokens = min(max_tokens, 256) if smoke else max_tokens
         for mode in ("quick_lora", "full"):
-            results[f"train_{mode}"] = training_step(config, mode, tokens, precision, device, 1 if smoke else 3)
-        codec_config = FishCodecConfig.tiny() if smoke else FishCodecConfig()
-        results["codec"] = codec_speed(codec_config, device, 1.0 if smoke else 30.0, 1 if smoke else 2)
-        results["generation"] = generation_speed(config, device, precision, 8 if smoke else 200)
-        results["merge_bf16"] = merge_check(tiny, work / "merged")
+            results[f"train_{mode}"] = training_step(shape, mode, tokens, precision, device, 1 if smoke else 3)
+        speeds = getattr(family_module(family), "gpu_speeds", None)  # the family's own figures, if it has any
+        dtype = memory_plan.PRECISIONS[precision]
+        results["family_speeds"] = speeds(device, dtype, smoke, work) if speeds else {}
+        results["merge_bf16"] = merge_check(tiny, work)
         if smoke or torch.cuda.device_count() >= 2:
             results["two_process"] = two_process_training(tiny, work / "ddp", "cpu" if smoke else "cuda")
         else:
@@ -192,8 +163,8 @@ def format_table(r: dict) -> str:
         mfu = "n/a" if t["mfu"] is None else f"{t['mfu']:.1%}"
         lines.append(f"  {mode:<11} {t['tokens_per_s']:>10,.0f} tokens/s  peak {gib(t['measured_peak_gib'])} "
                      f"(plan {gib(t['planned_peak_gib'])})  MFU {mfu}")  # fmt: skip
-    lines.append(f"  codec       {r['codec']['seconds_per_hour_of_audio']:>10,.1f} s per hour of audio")
-    lines.append(f"  generation  {r['generation']['frames_per_s']:>10,.1f} frames/s")
+    for name, figures in r["family_speeds"].items():
+        lines.append(f"  {name:<11} " + ", ".join(f"{key} {value:,.1f}" for key, value in figures.items()))
     m = r["merge_bf16"]
     lines.append(f"  merge bf16  accepted: max diff {m['max_abs_diff']:.2e}, "
                  f"the adapter's effect {m['adapter_effect']:.2e}")
@@ -204,7 +175,7 @@ def format_table(r: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    results = run_checks(args.smoke, args.max_tokens)
+    results = run_checks(args.smoke, args.max_tokens, args.family)
     print(format_table(results))
     print("gpu_check=" + json.dumps(results, default=float))
     return 0

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -281,3 +282,14 @@ def test_the_family_counts_frames_as_its_codec_does(tiny_family):
     one_frame = codec.frame_length / codec.sample_rate
     assert tiny_family.frames_for_seconds(one_frame) == 1 and tiny_family.frames_for_seconds(one_frame * 1.01) == 2
     assert tiny_family.frames_for_seconds(10 * one_frame) == 10
+
+
+def test_with_the_model_family_its_tokenizer_measures_every_script(tmp_path):
+    """validate --base-model, prepare and finetune pass the family: a script its tokenizer barely knows shows up
+    before training, without asking for --tokenizer."""
+    family = load_family(make_tiny_checkpoint(tmp_path / "tiny"))
+    demo = Path(__file__).resolve().parents[2] / "data" / "demo" / "am_speaker"
+    report = validate_path(demo, ValidationConfig(decode=False), family=family)
+    [problem] = messages(report, "tokenizer_coverage")
+    assert problem.startswith("ETHIOPIC script:")
+    assert report.summary["tokens_per_char_by_script"]["ETHIOPIC"] > 1

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+import tts_lib.models.fish_speech.family as family_module
+from tts_lib.data.audio import load_audio
 from tts_lib.data.codes_cache import extract_codes
 from tts_lib.data.ingest import ingest
-from tts_lib.models import load_family
+from tts_lib.models import VoiceReference, load_family
 from tts_lib.models.fish_speech.tiny import make_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,12 +70,26 @@ def test_demo_audio_trains_saves_reloads_and_generates(tiny_dir, tmp_path):
         assert torch.equal(model.slow_logits(batch["tokens"]), again.slow_logits(batch["tokens"]))
 
     first = reloaded.generate(again, "Hyvää huomenta", max_new_tokens=12, seed=3)
-    second = reloaded.generate(
-        again, "Hyvää huomenta", max_new_tokens=12, seed=3, references=[(items[0].text, codes[0])]
-    )
     assert first.shape[0] == family.config.num_codebooks and 0 < first.shape[1] <= 12
     assert torch.equal(first, reloaded.generate(again, "Hyvää huomenta", max_new_tokens=12, seed=3))
-    assert second.shape[0] == family.config.num_codebooks
+
+    # a reference is a clip and its transcript: the family encodes it (once per clip) into the prompt
+    clip = VoiceReference(load_audio(items[0].audio, reloaded.sample_rate), items[0].text)
+    encoded = []
+    encode = reloaded.codec().encode
+    reloaded.codec().encode = lambda wave: encoded.append(len(wave)) or encode(wave)
+    prompts = []
+    real_build = family_module.build_prompt
+    family_module.build_prompt = lambda *a, **kw: prompts.append(kw["references"]) or real_build(*a, **kw)
+    try:
+        second = [reloaded.generate(again, "Hyvää huomenta", max_new_tokens=12, seed=3, references=[clip])
+                  for _ in range(2)]  # fmt: skip
+    finally:
+        family_module.build_prompt = real_build
+    assert second[0].shape[0] == family.config.num_codebooks and torch.equal(second[0], second[1])
+    assert encoded == [len(clip.wave)]  # the second sentence in the same voice reuses the codes
+    [(text, ref_codes)] = prompts[0]
+    assert text == items[0].text and ref_codes.shape == (family.config.num_codebooks, codes[0].shape[1])
     wave = reloaded.codec().decode(first)
     assert wave.shape == (first.shape[1] * 2048,) and torch.isfinite(wave).all()
 

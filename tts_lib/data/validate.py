@@ -337,7 +337,10 @@ def validate_path(
 def validate_ingested(
     result, config: ValidationConfig | None = None, encoder: Encoder | None = None, family: ModelFamily | None = None
 ) -> ValidationReport:
-    """Validate what `ingest` found, its own problems (unreadable rows, missing files) included."""
+    """Validate what `ingest` found, its own problems (unreadable rows, missing files) included. With the model
+    `family`, the text is also measured with its tokenizer (unless `encoder` says otherwise)."""
+    if encoder is None and family is not None:
+        encoder = family.text_encoder()
     return validate_items(
         result.items,
         config,

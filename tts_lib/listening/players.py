@@ -27,6 +27,9 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from tts_lib.data.audio import load_audio
+from tts_lib.models import VoiceReference
+
 # Default test sentences per language: edit freely. Written by a non-native author: a native speaker should review
 # them before results are trusted. Each list has the hard cases: a long sentence, numbers as digits, rare letters
 # (Finnish å/ä/ö and foreign names; rarer Amharic fidel such as ኧ, ጰ, ፐ, ዠ, ቯ).
@@ -51,11 +54,16 @@ EVAL_SENTENCES: dict[str, list[str]] = {
 ModelPair = tuple[Any, torch.nn.Module]  # (family, model)
 
 
+def read_reference(path: str | Path, transcript: str, family: Any) -> VoiceReference:
+    """A voice reference clip from an audio file, mono at the family's sample rate, with its transcript."""
+    return VoiceReference(load_audio(path, family.sample_rate), transcript)
+
+
 def synthesize(
     family: Any,
     model: torch.nn.Module,
     text: str,
-    references: tuple = (),
+    references: Sequence[VoiceReference] = (),
     max_new_tokens: int = 300,
     seed: int = 0,
     device: str | torch.device | None = None,
@@ -72,7 +80,7 @@ def render_versions(
     sentences: Sequence[str],
     out_dir: str | Path,
     seed: int = 0,
-    references: tuple = (),
+    references: Sequence[VoiceReference] = (),
     max_new_tokens: int = 300,
     log: Callable[[str], Any] | None = print,
     overwrite: bool = False,

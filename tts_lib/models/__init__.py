@@ -1,15 +1,18 @@
-"""Model families tts_lib can fine-tune, behind one small interface.
+"""Model families tts_lib can fine-tune, behind one small interface, and the registry that finds them.
 
 A family loads a checkpoint folder, turns audio into training targets (integer codes or float latents),
-builds and batches training sequences, computes named loss components, generates, and saves in its own
-upstream layout. `ModelFamily` below lists the interface and what each member guarantees. The stages use
-this surface; the places that still reach past it are listed in tests/test_layout.py (issue 13).
+builds and batches training sequences, computes named loss components, generates from text and reference clips,
+and saves in its own upstream layout. `ModelFamily` below lists the interface and what each member guarantees;
+the stages use nothing else (tests/test_layout.py: no module outside tts_lib/models/ imports a family's modules;
+tests/test_toy_family.py: a toy family with float latents runs every mode). `FAMILIES` maps a checkpoint's
+config.json `model_type` to its family. How to add one: docs/architecture.md.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,6 +29,15 @@ class CodecSpec:
     frame_rate: float  # frames per second, to check reused upstream files
     checkpoint_hash: str  # identifies the codec weights: part of every cache key
     device: str = "cpu"  # where encode_batch runs, for the log
+
+
+@dataclass(frozen=True)
+class VoiceReference:
+    """A voice for generation to imitate: a clip and what is said in it (tts_lib.listening.players.read_reference
+    reads one from a file at the family's rate)."""
+
+    wave: Any  # (samples,) float32 numpy, mono, at the family's sample_rate
+    transcript: str
 
 
 @dataclass
@@ -57,21 +69,13 @@ class PlanningShape(Protocol):
 
     key: tuple  # identifies the shape: plans and counts are remembered per key
     logits_width: int  # the widest output (the vocabulary): tensors this wide count as logits in the plan
+    frame_rate: float  # training frames per second of audio (the time table's steps)
+    supervised_per_frame: int  # supervised tokens one frame position adds (FLOPs are counted per supervised token)
 
     def meta_model(self) -> Any: ...  # the model on the meta device, float32, as load_model builds it
     def materialize(self, model: Any, device: Any) -> None: ...  # buffers after to_empty (e.g. rotary tables)
     def batch(self, max_tokens: int) -> dict[str, Any]: ...  # max_tokens padded positions, every one supervised
     def loss_parts(self, model: Any, batch: dict[str, Any]) -> LossParts: ...
-
-
-def reference_shape(family: str = "fish_speech") -> PlanningShape:
-    """The planning shape of the model a family is mostly fine-tuned from (Fish Speech: OpenAudio S1-mini): what
-    the memory tables, `memory-plan` and `gpu-check` plan for."""
-    if family == "fish_speech":
-        from tts_lib.models.fish_speech.planning import s1_mini_shape
-
-        return s1_mini_shape()
-    raise ValueError(f"no reference shape for family {family!r}")
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,7 @@ class ModelFamily(Protocol):
       frames_for_seconds(s), sequence_length(text, frames), max_seq_len: an item's training sequence length
         exactly as build_sample will make it, so validation refuses what training cannot take.
       build_sample(text, targets), collate(samples): training sequences and padded batches (dict of tensors).
+        A sample's `length` is its positions (what max_tokens counts); it equals sequence_length(text, frames).
 
     Training
       loss_parts(model, batch): LossParts with named components (sums and supervised counts, not means), so the
@@ -124,8 +129,11 @@ class ModelFamily(Protocol):
         touch (peft-wrapped or plain model); the export check compares base+adapter, base, merged and reloaded.
 
     Listening
-      generate(model, text, references): targets for `text`, with (transcript, encode_reference(wave)) pairs as
-        voice references; decode(targets): a float32 wave at sample_rate (empty for no frames).
+      generate(model, text, references, max_new_tokens=, seed=): targets for `text` spoken in the voice of the
+        VoiceReference clips (none: the model's own choice), at most max_new_tokens frames, the same for the same
+        seed; decode(targets): a float32 wave at sample_rate (empty for no frames).
+      text_encoder(): the model's tokenizer (`encode(text) -> ids`): validation reports how many tokens each
+        script costs, so a language the tokenizer barely knows shows before training.
     """
 
     name: str
@@ -146,44 +154,86 @@ class ModelFamily(Protocol):
     def loss_parts(self, model: Any, batch: dict[str, Any]) -> LossParts: ...
     def supervised_counts(self, model: Any, batch: dict[str, Any]) -> dict[str, int]: ...
     def planning_shape(self) -> PlanningShape: ...
-    def generate(self, model: Any, text: str, references: Any = (), **sampling: Any) -> Any: ...
-    def encode_reference(self, wave: Any, device: Any = "cpu") -> Any: ...
+    def generate(self, model: Any, text: str, references: Sequence[VoiceReference] = (), **sampling: Any) -> Any: ...
+    def text_encoder(self) -> Any: ...
     def decode(self, targets: Any, device: Any = "cpu") -> Any: ...
     def weights_dtype(self) -> Any: ...
     def probe(self, model: Any, seed: int = 0) -> tuple[Any, ...]: ...
 
 
+# ---- the registry: which families exist, and how a checkpoint folder names its own ---------------------------
+
+
+@dataclass(frozen=True)
+class FamilyEntry:
+    """A registered family. `module` is imported only when the family is used; it defines:
+
+      Family(folder)                           the ModelFamily of a checkpoint folder
+      make_tiny_checkpoint(out, seed, overwrite) a tiny random checkpoint in the upstream layout (tests, demo)
+      card_text(merged, adapter, random)       the family's parts of a model card (see `card_text` below)
+      reference_shape()                        the PlanningShape of the model it is mostly fine-tuned from
+      gpu_speeds(device, precision, smoke)     optional: gpu-check's family figures (codec, generation speed)
+    """
+
+    name: str  # what metadata.json records as base_model.family
+    model_type: str  # the config.json `model_type` that selects this family
+    module: str  # importable module path
+    models: str  # the checkpoints it loads, for error messages
+
+
+FAMILIES: dict[str, FamilyEntry] = {}  # name -> entry, in registration order
+
+
+def register_family(entry: FamilyEntry) -> None:
+    """Add (or replace) a family. A family living outside tts_lib registers itself before use; tests register a
+    toy one (tests/toy_family.py)."""
+    FAMILIES[entry.name] = entry
+
+
+def unregister_family(name: str) -> None:
+    FAMILIES.pop(name, None)
+
+
+register_family(FamilyEntry("fish_speech", "dual_ar", "tts_lib.models.fish_speech.registry",
+                            "Fish Speech: OpenAudio S1-mini, fish-speech-1.5"))  # fmt: skip
+
+
+def family_module(name: str):
+    """The module of the family called `name` (what metadata records), or a clear error."""
+    if name not in FAMILIES:
+        raise ValueError(f"unknown model family {name!r}; tts_lib knows {', '.join(FAMILIES)}")
+    return importlib.import_module(FAMILIES[name].module)
+
+
 def load_family(folder: str | Path) -> ModelFamily:
-    """The family of the checkpoint folder `folder`, from its config.json."""
+    """The family of the checkpoint folder `folder`, from its config.json's model_type."""
     folder = Path(folder)
     config = folder / "config.json"
     if not config.is_file():
         has = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else "no such folder"
         raise FileNotFoundError(f"{config} not found: a checkpoint folder has config.json; {folder} has {has}")
     model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
-    if model_type == "dual_ar":
-        from tts_lib.models.fish_speech.family import FishSpeechFamily
+    for entry in FAMILIES.values():
+        if entry.model_type == model_type:
+            return family_module(entry.name).Family(folder)
+    known = "; ".join(f"{e.model_type!r} ({e.models})" for e in FAMILIES.values())
+    raise ValueError(f"{config}: model_type {model_type!r} is not supported; tts_lib supports {known}")
 
-        return FishSpeechFamily(folder)
-    raise ValueError(
-        f"{config}: model_type {model_type!r} is not supported; tts_lib supports 'dual_ar' "
-        "(Fish Speech: OpenAudio S1-mini, fish-speech-1.5)"
-    )
+
+def reference_shape(family: str = "fish_speech") -> PlanningShape:
+    """The planning shape of the model a family is mostly fine-tuned from (Fish Speech: OpenAudio S1-mini): what
+    the memory tables, `memory-plan`, the time table and `gpu-check` plan for."""
+    return family_module(family).reference_shape()
 
 
 # Tiny random checkpoints, one per family, in the family's upstream layout: the demo and the tests run the whole
 # pipeline on them offline. Every one carries a README.md whose first line is TINY_README_TITLE.
 TINY_README_TITLE = "# tiny-demo"
-TINY_FAMILIES = ("fish_speech",)
 
 
 def make_tiny_checkpoint(out_dir: str | Path, family: str = "fish_speech", seed: int = 0, overwrite: bool = False):
     """Write `family`'s tiny random checkpoint folder (the same seed gives the same files); returns the folder."""
-    if family == "fish_speech":
-        from tts_lib.models.fish_speech.tiny import make_tiny_checkpoint as make
-    else:
-        raise ValueError(f"no tiny checkpoint for family {family!r}; families with one: {', '.join(TINY_FAMILIES)}")
-    return make(out_dir, seed=seed, overwrite=overwrite)
+    return family_module(family).make_tiny_checkpoint(out_dir, seed=seed, overwrite=overwrite)
 
 
 def is_tiny_checkpoint(folder: str | Path) -> bool:
@@ -199,8 +249,4 @@ def is_tiny_checkpoint(folder: str | Path) -> bool:
 def card_text(family: str, merged: str | None, adapter: str | None, random: bool) -> dict:
     """The family's parts of a version's model card: {"what", "licence", "metrics": text; "use_merged",
     "use_adapter": Markdown lines}. `family`: the name metadata.json records (older versions: fish_speech)."""
-    if family == "fish_speech":
-        from tts_lib.models.fish_speech.card import card_text as text
-    else:
-        raise ValueError(f"no model card text for family {family!r}")
-    return text(merged, adapter, random)
+    return family_module(family).card_text(merged, adapter, random)

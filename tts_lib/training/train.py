@@ -126,7 +126,7 @@ def evaluate(model: nn.Module, family, samples, max_tokens: int, autocast) -> di
     loss_of = model if isinstance(model, TrainingLoss) else TrainingLoss(family, model)
     loss_of.eval()
     device = next(loss_of.parameters()).device
-    lengths = [s.tokens.shape[1] for s in samples]
+    lengths = [s.length for s in samples]
     sums, counts, scores, score_counts = defaultdict(float), defaultdict(int), defaultdict(float), defaultdict(int)
     for idx in LengthBucketedBatchSampler(lengths, max(max_tokens, max(lengths)), shuffle=False):
         with autocast():
@@ -230,7 +230,7 @@ def train(config: TrainConfig, on_metrics: Callable[[dict], None] | None = None)
     val_samples = load_samples(family, [i for i in items if i.split == "val"])
     train_samples = load_samples(family, train_items)
     sampler = LengthBucketedBatchSampler(
-        [s.tokens.shape[1] for s in train_samples],
+        [s.length for s in train_samples],
         config.max_tokens,
         config.max_items,
         seed=config.seed,

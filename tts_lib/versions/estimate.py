@@ -75,7 +75,7 @@ def time_training_steps(
         model = add_adapters(model, config.adapter)
     model.train()
     samples = load_samples(family, items)
-    lengths = [s.tokens.shape[1] for s in samples]
+    lengths = [s.length for s in samples]
     batches = list(LengthBucketedBatchSampler(lengths, config.train.max_tokens, config.train.max_items, seed=0))
     collated = [family.collate([samples[i] for i in b]) for b in batches]
     tokens = [sum(family.supervised_counts(model, b).values()) for b in collated]

@@ -20,7 +20,7 @@ rather than silently producing noise.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ import torch
 from peft import PeftModel, get_peft_model_state_dict
 from torch import Tensor, nn
 
+from tts_lib.models import VoiceReference
 from tts_lib.training.adapters import check_base, load_adapted
 
 
@@ -131,8 +132,9 @@ class AdapterBank:
         self._check_known(name)
         return get_peft_model_state_dict(self._peft, adapter_name=name)
 
-    def generate(self, text: str, references: tuple[tuple[str, Tensor], ...] = (), **sampling: Any) -> Tensor:
-        """Codes for `text` with the active adapter (or the base inside base_only())."""
+    def generate(self, text: str, references: Sequence[VoiceReference] = (), **sampling: Any) -> Tensor:
+        """The family's targets for `text` with the active adapter (or the base inside base_only()), in the voice
+        of the `references` clips."""
         return self.family.generate(self.model, text, references, **sampling)
 
     def _check_known(self, name: str) -> None:

@@ -18,8 +18,7 @@ notebook times real steps before training and prices those.
 
 from __future__ import annotations
 
-from tts_lib.models.fish_speech.codec import FishCodecConfig
-from tts_lib.models.fish_speech.config import S1_MINI_CONFIG
+from tts_lib.models import reference_shape
 from tts_lib.training import memory_needs
 from tts_lib.training.flops import ASSUMED_MFU
 from tts_lib.versions.cost import GPU_TABLE, GpuInfo
@@ -30,8 +29,9 @@ from tts_lib.versions.parents import recommended_steps
 AUDIO_HOURS = 10  # FLEURS Finnish (train + dev) is roughly this
 SPEAKER_HOURS = 1  # two_phase's second phase: one speaker's share
 MIN_STEPS = FINETUNE_MIN_STEPS["fresh"]  # a run from the base model
-FRAME_RATE = FishCodecConfig().sample_rate / FishCodecConfig().frame_length  # S1-mini's codec: about 21.5 a second
-TOKENS_PER_FRAME = 1 + S1_MINI_CONFIG["num_codebooks"]  # supervised: the slow position and each codebook
+REFERENCE = reference_shape()  # the model the table is for (Fish Speech: OpenAudio S1-mini)
+FRAME_RATE = REFERENCE.frame_rate  # S1-mini's codec: about 21.5 a second
+TOKENS_PER_FRAME = REFERENCE.supervised_per_frame  # S1-mini: the slow position and each codebook
 SHOWN_GPUS = ("L4", "L40S", "A100-40GB", "A100-80GB", "H100-80GB")  # the rows people rent; those that hold the mode
 PHASE_MODE = {"full": "full", "lora": "quick_lora"}  # the memory plan's (and FLOP count's) name of a phase kind
 

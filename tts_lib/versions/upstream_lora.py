@@ -30,15 +30,8 @@ import torch
 from torch import Tensor
 
 from tts_lib.common.fileio import refuse_overwrite
-from tts_lib.models import load_family
-from tts_lib.models.fish_speech.checkpoint import (
-    LIGHTNING_PREFIX,
-    MODEL_FILE,
-    load_state_dict_file,
-    split_lora,
-    torch_load_weights_only,
-)
-from tts_lib.models.fish_speech.lm import UPSTREAM_TARGETS
+from tts_lib.common.torch_files import torch_load_weights_only
+from tts_lib.models import load_family, module_roles
 from tts_lib.training.adapters import AdapterConfig, add_adapters, save_adapter
 
 ALPHA_HINT = (
@@ -46,6 +39,7 @@ ALPHA_HINT = (
     "(upstream's shipped r_8_alpha_16 config: 16)"
 )
 SHOW = 5  # keys named in an error
+LORA_SUFFIXES = (".lora_A", ".lora_B")  # loralib's names
 
 
 def _listing(keys: list[str]) -> str:
@@ -68,7 +62,15 @@ def is_upstream_lora(path: str | os.PathLike) -> bool:
     return isinstance(obj, Mapping) and any(isinstance(k, str) and k.endswith(".lora_A") for k in obj)
 
 
-def _lora_modules(checkpoint: Path, lora: Mapping[str, Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
+def split_lora(state: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """(base weights, loralib `*.lora_A` / `*.lora_B` weights)."""
+    lora = {k: v for k, v in state.items() if k.endswith(LORA_SUFFIXES)}
+    return {k: v for k, v in state.items() if k not in lora}, lora
+
+
+def _lora_modules(
+    checkpoint: Path, lora: Mapping[str, Tensor], upstream_targets: list[str]
+) -> dict[str, tuple[Tensor, Tensor]]:
     """{module: (lora_A, lora_B)}, refusing unpaired tensors and modules the upstream preset does not adapt."""
     modules = sorted({k.rsplit(".", 1)[0] for k in lora})
     unpaired = [m for m in modules if m + ".lora_A" not in lora or m + ".lora_B" not in lora]
@@ -77,11 +79,11 @@ def _lora_modules(checkpoint: Path, lora: Mapping[str, Tensor]) -> dict[str, tup
             f"{checkpoint}: expected a lora_A and a lora_B for every LoRA module, found only one of them for "
             f"{_listing(unpaired)}: the checkpoint is incomplete; use another step's checkpoint"
         )
-    foreign = [m for m in modules if m.rsplit(".", 1)[-1] not in UPSTREAM_TARGETS]
+    foreign = [m for m in modules if m.rsplit(".", 1)[-1] not in upstream_targets]
     if foreign:
         raise ValueError(
             f"{checkpoint}: expected LoRA only on the modules upstream's setup_lora adapts "
-            f"({', '.join(UPSTREAM_TARGETS)}), found LoRA on {_listing(foreign)}: this checkpoint comes from a "
+            f"({', '.join(upstream_targets)}), found LoRA on {_listing(foreign)}: this checkpoint comes from a "
             "modified LoRA setup that tts_lib cannot represent; merge it upstream (tools/llama/merge_lora.py) instead"
         )
     return {m: (lora[m + ".lora_A"], lora[m + ".lora_B"]) for m in modules}
@@ -105,9 +107,10 @@ def _rank(checkpoint: Path, pairs: Mapping[str, tuple[Tensor, Tensor]]) -> int:
     return next(iter(by_rank))
 
 
-def _check_same_base(checkpoint: Path, carried: Mapping[str, Tensor], base_folder: Path) -> None:
+def _check_same_base(
+    checkpoint: Path, carried: Mapping[str, Tensor], base: Mapping[str, Tensor], base_folder: Path
+) -> None:
     """The base weights a Lightning checkpoint carries must be the base folder's, tensor for tensor."""
-    base = load_state_dict_file(base_folder / MODEL_FILE)
     differing = []
     for key in sorted(carried):
         ours, theirs = base.get(key), carried[key]
@@ -144,8 +147,14 @@ def import_upstream_lora(
         refuse_overwrite(out)  # before the slow part
     if lora_alpha <= 0:
         raise ValueError(f"lora_alpha must be > 0, found {lora_alpha}; {ALPHA_HINT}")
+    family = load_family(base_folder)
+    base_model = family.load_model()
+    upstream_targets = module_roles(base_model).adapter_presets.get("upstream")
+    if not hasattr(family, "read_weights") or upstream_targets is None:
+        raise ValueError(f"{checkpoint}: tts_lib imports upstream LoRA checkpoints for families with an upstream "
+                         f"LoRA format (Fish Speech); {base_folder} is a {family.name} model")  # fmt: skip
     try:
-        carried, lora = split_lora(load_state_dict_file(checkpoint))
+        carried, lora = split_lora(family.read_weights(checkpoint))
     except (pickle.UnpicklingError, OSError) as e:
         raise ValueError(f"{checkpoint}: expected an upstream LoRA checkpoint, could not read it ({e})") from e
     if not lora:
@@ -153,14 +162,13 @@ def import_upstream_lora(
             f"{checkpoint}: expected an upstream LoRA checkpoint (keys ending in .lora_A / .lora_B), found "
             f"{len(carried)} plain weights and no LoRA ones: this is a full model; load it as a base model instead"
         )
-    pairs = _lora_modules(checkpoint, lora)
+    pairs = _lora_modules(checkpoint, lora, upstream_targets)
     r = _rank(checkpoint, pairs)
     if carried:
-        _check_same_base(checkpoint, carried, base_folder)
+        _check_same_base(checkpoint, carried, base_model.state_dict(), base_folder)
 
-    family = load_family(base_folder)
     config = AdapterConfig(targets="upstream", r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout)
-    model = add_adapters(family.load_model(), config)
+    model = add_adapters(base_model, config)
     inner = model.get_base_model()
     adapted = {name for name, module in inner.named_modules() if hasattr(module, "lora_A")}
     missing, extra = sorted(adapted - set(pairs)), sorted(set(pairs) - adapted)
@@ -180,7 +188,7 @@ def import_upstream_lora(
             for target, source, which in zip(targets, (a, b), ("lora_A", "lora_B")):
                 if target.shape != source.shape:
                     raise ValueError(
-                        f"{checkpoint}: {LIGHTNING_PREFIX}{module_name}.{which} has shape {tuple(source.shape)}, "
+                        f"{checkpoint}: {module_name}.{which} has shape {tuple(source.shape)}, "
                         f"{base_folder} needs {tuple(target.shape)}: the LoRA belongs to a model of another size"
                     )
                 target.copy_(source.to(target.dtype))

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from tts_lib.common.fileio import atomic_write_with
+from tts_lib.common.torch_files import torch_load_weights_only
 from tts_lib.models.fish_speech.config import CONFIG_FILE, FishSpeechConfig
 
 MODEL_FILE = "model.pth"
@@ -47,16 +48,6 @@ def check_checkpoint_folder(folder: Path) -> None:
             f"{folder}: expected {CONFIG_FILE} and {MODEL_FILE} (a Fish Speech text-to-semantic checkpoint), "
             f"{' and '.join(missing)} missing; the folder has {has}"
         )
-
-
-def torch_load_weights_only(path: Path) -> object:
-    """torch.load with weights_only=True (untrusted files), memory-mapped when the file format allows."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as e:
-        if "mmap" not in str(e):
-            raise
-        return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format: no mmap
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from tts_lib.common.fileio import atomic_write_with
-from tts_lib.models.fish_speech.checkpoint import torch_load_weights_only
+from tts_lib.common.torch_files import torch_load_weights_only
 from tts_lib.models.fish_speech.codec_transformer import CodecTransformer
 
 if TYPE_CHECKING:

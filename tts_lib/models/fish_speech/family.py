@@ -4,7 +4,9 @@ compute loss components, generate, and save in upstream's layout."""
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ import torch
 from torch import Tensor
 
 from tts_lib.common.fileio import atomic_copy, checkpoint_hash
-from tts_lib.models import CodecSpec, LossParts
+from tts_lib.models import CodecSpec, LossParts, VoiceReference
 from tts_lib.models.fish_speech.checkpoint import MODEL_FILE, load_state_dict_file
 from tts_lib.models.fish_speech.codec import CODEC_CONFIG_FILE, FishCodec, FishCodecConfig
 from tts_lib.models.fish_speech.config import CONFIG_FILE, FishSpeechConfig
@@ -35,6 +37,7 @@ class FishSpeechFamily:
         self.config = FishSpeechConfig.from_file(self.folder / CONFIG_FILE)
         self.tokenizer = FishTokenizer.from_dir(self.folder)
         self._codec: FishCodec | None = None
+        self._reference_codes: dict[tuple[str, str], Tensor] = {}
 
     def load_model(self, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> FishSpeechLM:
         return FishSpeechLM.from_pretrained(self.folder, device=device, dtype=dtype)
@@ -48,7 +51,7 @@ class FishSpeechFamily:
         """This model's shape for the memory plan and the FLOP count (models/fish_speech/planning.py)."""
         from tts_lib.models.fish_speech.planning import FishPlanningShape
 
-        return FishPlanningShape(self.config)
+        return FishPlanningShape(self.config, self.frame_rate)
 
     def codec(self, device: str | torch.device = "cpu") -> FishCodec:
         if self._codec is None:
@@ -122,15 +125,26 @@ class FishSpeechFamily:
         return supervised_counts(model, batch)
 
     def generate(
-        self, model: FishSpeechLM, text: str, references: tuple[tuple[str, Tensor], ...] = (), **sampling
+        self, model: FishSpeechLM, text: str, references: Sequence[VoiceReference] = (), **sampling
     ) -> Tensor:
-        """Text (and optional reference (transcript, codes) pairs) -> codes (num_codebooks, F)."""
-        prompt = build_prompt(self.tokenizer, text, num_codebooks=self.config.num_codebooks, references=references)
+        """Text (and optional voice reference clips, encoded here) -> codes (num_codebooks, F)."""
+        device = next(model.parameters()).device
+        pairs = [(r.transcript, self.encode_reference(r.wave, device)) for r in references]
+        prompt = build_prompt(self.tokenizer, text, num_codebooks=self.config.num_codebooks, references=pairs)
         residual = self.codec_config().residual_codebook_size if (self.folder / CODEC_FILE).exists() else None
         sampling.setdefault("max_new_tokens", self.config.max_seq_len - prompt.shape[1])
         return generate(
             model, prompt, im_end_id=self.tokenizer.token_id(IM_END), residual_codebook_size=residual, **sampling
         )
+
+    def text_encoder(self) -> FishTokenizer:
+        return self.tokenizer
+
+    @staticmethod
+    def read_weights(path: str | Path) -> dict[str, Tensor]:
+        """A state dict from a file upstream's trainer or a release wrote (Lightning checkpoints unwrapped, loralib
+        `lora_A`/`lora_B` keys kept), keys as load_model's model names them: what an upstream LoRA import reads."""
+        return load_state_dict_file(path)
 
     def weights_dtype(self) -> torch.dtype:
         """The dtype the checkpoint ships its weights in (S1-mini: bf16): its first floating tensor's."""
@@ -148,9 +162,13 @@ class FishSpeechFamily:
         return probe(model, seed)
 
     def encode_reference(self, wave: np.ndarray, device: str | torch.device = "cpu") -> Tensor:
-        """A reference clip (mono float wave at sample_rate) -> its codes (num_codebooks, F), on the CPU."""
-        codec = self.codec(device)
-        return codec.encode(torch.as_tensor(wave, device=codec.device)).cpu()
+        """A reference clip (mono float wave at sample_rate) -> its codes (num_codebooks, F), on the CPU. Remembered
+        per clip: listening generates many sentences in one voice, and the codec need not run for each."""
+        key = (hashlib.sha1(np.ascontiguousarray(wave, np.float32).tobytes()).hexdigest(), str(device))
+        if key not in self._reference_codes:
+            codec = self.codec(device)
+            self._reference_codes[key] = codec.encode(torch.as_tensor(wave, device=codec.device)).cpu()
+        return self._reference_codes[key]
 
     def decode(self, codes: Tensor, device: str | torch.device = "cpu") -> np.ndarray:
         """Generated codes (num_codebooks, F) -> float32 wave at sample_rate (empty for no frames)."""

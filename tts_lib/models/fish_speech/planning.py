@@ -13,10 +13,12 @@ import torch
 from torch import nn
 
 from tts_lib.models import LossParts
+from tts_lib.models.fish_speech.codec import FishCodecConfig
 from tts_lib.models.fish_speech.config import S1_MINI_CONFIG, FishSpeechConfig
 from tts_lib.models.fish_speech.lm import FishSpeechLM
 from tts_lib.models.fish_speech.loss import loss_parts
 
+S1_MINI_FRAME_RATE = FishCodecConfig().sample_rate / FishCodecConfig().frame_length  # about 21.5
 # Positions per item of the planned batch: an utterance of about 10 s (215 frames) with its text.
 ITEM_TOKENS = 256
 
@@ -24,6 +26,11 @@ ITEM_TOKENS = 256
 @dataclass(frozen=True)
 class FishPlanningShape:
     config: FishSpeechConfig
+    frame_rate: float = S1_MINI_FRAME_RATE  # the codec's frames per second of audio
+
+    @property
+    def supervised_per_frame(self) -> int:
+        return 1 + self.config.num_codebooks  # the slow (semantic) position and each codebook
 
     @property
     def key(self) -> tuple:

@@ -33,6 +33,11 @@ class Sample:
     labels: Tensor  # (T,) long: next token id at supervised positions, IGNORE elsewhere
     codes: Tensor  # (num_codebooks, T) long: next frame's codes where labels is semantic, 0 elsewhere
 
+    @property
+    def length(self) -> int:
+        """Positions T: what the sampler's token budget counts."""
+        return self.tokens.shape[1]
+
 
 def build_sample(tokenizer: FishTokenizer, text: str, codes: Tensor) -> Sample:
     """One training sequence from one utterance; `codes` is (num_codebooks, F) from the codec."""
