@@ -243,3 +243,20 @@ def test_an_unreachable_cpu_index_costs_one_quick_try(sandbox):
     assert sum("--index-url" in c for c in calls) == 1
     assert result.stdout.count("PyTorch's CPU index is not reachable") == 1
     assert "retrying" not in result.stdout and "filelock" not in result.stdout
+
+
+def test_setup_sh_knows_every_released_checkpoint_the_registry_lists():
+    """setup.sh checks BASE_MODEL before anything is installed, so it keeps its own copy of the names: it must
+    match tts_lib.models.published_models (name and repository -> that repository)."""
+    from tts_lib.models import published_models
+
+    script = (ROOT / "setup.sh").read_text()
+    cases = {}
+    for line in script.splitlines():
+        if ") MODEL_REPO=" in line:
+            names, repo = line.strip().split(") MODEL_REPO=")
+            cases.update({name: repo.split()[0] for name in names.split("|")})
+    for model in published_models():
+        assert cases.get(model.name) == cases.get(model.repo) == model.repo, model
+    assert cases["auto"] == published_models()[0].repo
+    assert set(cases) == {"auto"} | {n for m in published_models() for n in (m.name, m.repo)}

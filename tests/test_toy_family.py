@@ -148,3 +148,24 @@ def test_an_upstream_lora_import_needs_a_family_with_that_format(toy, tmp_path):
     with pytest.raises(ValueError, match="families with an upstream LoRA format .* is a toy model"):
         import_upstream_lora(checkpoint, toy["base"], tmp_path / "adapter")
     assert not (tmp_path / "adapter").exists()
+
+
+def test_the_familys_released_checkpoints_are_base_model_names(toy, tmp_path, monkeypatch):
+    """launch/ knows released checkpoints from the registry: names, repositories and their files."""
+    from tts_lib.common.errors import MissingInputError
+    from tts_lib.launch import download
+    from tts_lib.launch.bundle import resolve_base_model
+
+    with pytest.raises(MissingInputError, match="run `BASE_MODEL=toy-small bash setup.sh`"):
+        resolve_base_model("toy-small", root=tmp_path)
+    asked = []
+
+    def snapshot(repo, revision, dest, files, token, kind):
+        asked.append((repo, files))
+        for name in files:
+            (dest / name).write_text("{}")
+
+    monkeypatch.setattr(download, "_snapshot", snapshot)
+    dest = download.download_model("example/toy-small", dest=tmp_path / "checkpoints" / "toy-small")
+    assert asked == [("example/toy-small", ["config.json", "model.safetensors"])]
+    assert resolve_base_model("toy-small", root=tmp_path) == dest

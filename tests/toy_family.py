@@ -30,6 +30,7 @@ from tts_lib.models import (
     FamilyEntry,
     LossParts,
     ModuleRoles,
+    PublishedModel,
     register_family,
     unregister_family,
 )
@@ -252,7 +253,8 @@ def reference_shape() -> ToyPlanningShape:
 @contextlib.contextmanager
 def registered():
     """The toy family in tts_lib's registry for the duration."""
-    register_family(FamilyEntry("toy", "toy_latent", __name__, "a toy family (tests)"))
+    released = PublishedModel("toy-small", "example/toy-small", ("config.json", WEIGHTS), "Toy small")
+    register_family(FamilyEntry("toy", "toy_latent", __name__, "a toy family (tests)", published=(released,)))
     try:
         yield
     finally:

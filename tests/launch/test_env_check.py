@@ -77,4 +77,4 @@ def test_unknown_mode_is_refused(tmp_path, tiny):
 def test_the_need_says_where_it_comes_from(tiny, real):
     assert "(the tiny random demo model)" in format_environment(check_environment("quick_lora", base_model=tiny))
     text = format_environment(check_environment("full", base_model=real))
-    assert "(memory plan of S1-mini, max_tokens 4096)" in text
+    assert "(memory plan of OpenAudio S1-mini, max_tokens 4096)" in text

@@ -14,8 +14,9 @@ Base-model names, the same everywhere (notebooks, CLI, setup.sh's BASE_MODEL, do
     auto               what setup.sh prepared on this machine (.setup-ready), else the launch parameter
                        BASE_MODEL, else tiny-demo
     tiny-demo          a random model written to checkpoints/tiny-demo on first use (its audio is noise)
-    openaudio-s1-mini  checkpoints/openaudio-s1-mini, downloaded by setup.sh (gated: needs HF_TOKEN)
-    a folder           a checkpoint folder in upstream layout (config.json, model.pth, tokenizer, codec.pth)
+    openaudio-s1-mini  checkpoints/openaudio-s1-mini, downloaded by setup.sh (gated: needs HF_TOKEN); every
+                       released checkpoint in the family registry (tts_lib.models.published_models) likewise
+    a folder           a checkpoint folder in its family's upstream layout (config.json names the family)
 
 `dataset` and `training_mode` take `auto` the same way (launch parameters DATASET and TRAINING_MODE).
 """
@@ -29,14 +30,14 @@ from pathlib import Path
 
 import tts_lib
 from tts_lib.common.errors import MissingInputError, SettingError
+from tts_lib.models import published_model, published_models, refused_models
 
 SETUP_FILE = ".setup-ready"  # written by setup.sh when it finishes: key=value lines, paths relative to the root
 MODES = ("quick_lora", "two_phase", "full")
 TINY_DEMO = "tiny-demo"
-S1_MINI = "openaudio-s1-mini"
-S1_MINI_REPO = "fishaudio/openaudio-s1-mini"
-BASE_MODEL_NAMES = ("auto", TINY_DEMO, S1_MINI)  # anything else is a folder
-NOT_SUPPORTED = ("fish-speech-1.5",)  # names people try, refused with the reason
+DEFAULT_MODEL = published_models()[0]  # what setup.sh downloads for `auto`: OpenAudio S1-mini
+BASE_MODEL_NAMES = ("auto", TINY_DEMO, *(m.name for m in published_models()))  # anything else is a folder
+NOT_SUPPORTED = tuple(refused_models())  # names people try, refused with the reason
 DEMO_DATA = "data/demo"
 DEFAULT_MODE = "quick_lora"
 
@@ -112,17 +113,19 @@ def resolve_base_model(name: str, root: Path | None = None, relative_to: Path | 
         return folder
     if name in NOT_SUPPORTED:
         raise SettingError(
-            "fish-speech-1.5 is not supported yet: its tokenizer files and its codec (firefly GAN VQ) differ "
-            f"from S1-mini's and are not implemented or verified here; use base_model {S1_MINI!r}"
+            f"{name} is not supported yet: {refused_models()[name]}; use base_model {DEFAULT_MODEL.name!r}"
         )
-    if name in (S1_MINI, S1_MINI_REPO):
-        folder = (root or Path.cwd()) / "checkpoints" / S1_MINI
+    if published := published_model(name):
+        folder = (root or Path.cwd()) / "checkpoints" / published.name
         if not (folder / "config.json").is_file():
-            raise MissingInputError(
-                f"{folder} not found: OpenAudio S1-mini is gated on the Hugging Face hub. Accept its licence at "
-                f"https://huggingface.co/{S1_MINI_REPO}, then run `HF_TOKEN=hf_... bash setup.sh` in {root or '.'} "
-                f"(it downloads the weights to checkpoints/{S1_MINI}), or set base_model to a folder you have"
+            where = f"in {root or '.'} (it downloads the weights to checkpoints/{published.name})"
+            how = (
+                f"{published.title} is gated on the Hugging Face hub. Accept its licence at "
+                f"https://huggingface.co/{published.repo}, then run `HF_TOKEN=hf_... bash setup.sh` {where}"
+                if published.gated
+                else f"run `BASE_MODEL={published.name} bash setup.sh` {where}"
             )
+            raise MissingInputError(f"{folder} not found: {how}, or set base_model to a folder you have")
         return folder
     folder = resolve_path(name, relative_to or Path.cwd())
     if not (folder / "config.json").is_file():
@@ -183,7 +186,7 @@ class Run:
             "THIS IS THE RANDOM DEMO MODEL (tiny-demo).",
             "Its weights are random: everything it generates is noise. The run shows every step and",
             f"produces every file, but it does not train a voice.{why}",
-            "To train the real model: accept the licence at https://huggingface.co/fishaudio/openaudio-s1-mini,",
+            f"To train the real model: accept the licence at https://huggingface.co/{DEFAULT_MODEL.repo},",
             "set HF_TOKEN (the launchable's launch parameter, or export HF_TOKEN=... in a terminal),",
             "run `bash setup.sh` in the repository, then Run All again (base_model 'auto' then picks it up),",
             "or set base_model to a checkpoint folder you have.",
@@ -214,8 +217,8 @@ def _auto_base_model(setup: dict[str, str], environ: Mapping[str, str], root: Pa
     if value := _launch_parameter(environ, "BASE_MODEL"):
         if value in ("demo", TINY_DEMO):
             return Setting(TINY_DEMO, "auto: launch parameter BASE_MODEL")
-        if value in (S1_MINI, S1_MINI_REPO):
-            return Setting(S1_MINI, "auto: launch parameter BASE_MODEL")
+        if published := published_model(value):
+            return Setting(published.name, "auto: launch parameter BASE_MODEL")
         return Setting(str(resolve_path(value, root)), "auto: launch parameter BASE_MODEL")
     return Setting(TINY_DEMO, "auto: setup.sh has not run here, so the random demo model")
 

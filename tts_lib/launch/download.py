@@ -34,12 +34,15 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-MODEL_REPO = "fishaudio/openaudio-s1-mini"
+from tts_lib.models import published_model, published_models
+
+DEFAULT_MODEL = published_models()[0]  # the family registry's first released checkpoint: OpenAudio S1-mini
+MODEL_REPO = DEFAULT_MODEL.repo
 # NOT a verified commit: no hash of fishaudio/openaudio-s1-mini could be checked from the build machine (the hub
 # is unreachable there). "main" follows the repository; replace it with the 40-hex commit shown on
 # https://huggingface.co/fishaudio/openaudio-s1-mini/commits/main to pin the exact weights.
 MODEL_REVISION_UNPINNED = "main"
-MODEL_FILES = ("config.json", "model.pth", "tokenizer.tiktoken", "special_tokens.json", "codec.pth")
+MODEL_FILES = DEFAULT_MODEL.files  # what the default model's folder holds; other released ones list their own
 LICENCE_URL = "https://huggingface.co/{repo}"
 
 DATASET_REPO = "google/fleurs"  # CC-BY-4.0; derived models may be shared with attribution
@@ -163,17 +166,22 @@ def _mark_done(dest: Path, record: dict) -> None:
 def download_model(
     repo_id: str = MODEL_REPO, revision: str = MODEL_REVISION_UNPINNED, dest: str | Path = "", token: str | None = None
 ) -> Path:
-    """The checkpoint folder `dest` with MODEL_FILES from `repo_id` at `revision`; skipped when already there."""
+    """The checkpoint folder `dest` from `repo_id` at `revision`: the files the registry lists for that released
+    checkpoint (an unknown repository: the default model's layout); skipped when already there."""
+    published = published_model(repo_id) or DEFAULT_MODEL
+    files = published.files
     dest = Path(dest or Path("checkpoints") / repo_id.split("/")[-1])
     record = {"repo_id": repo_id, "revision": revision, "repo_type": "model"}
-    if _done(dest, record) and all((dest / f).is_file() for f in MODEL_FILES):
+    if _done(dest, record) and all((dest / f).is_file() for f in files):
         print(f"{dest}: {repo_id}@{revision} already downloaded")
         return dest
     dest.mkdir(parents=True, exist_ok=True)
-    _snapshot(repo_id, revision, dest, list(MODEL_FILES), token, "model")
-    missing = [f for f in MODEL_FILES if not (dest / f).is_file()]
+    _snapshot(repo_id, revision, dest, list(files), token, "model")
+    missing = [f for f in files if not (dest / f).is_file()]
     if missing:
-        raise DownloadError("error", f"{repo_id}@{revision} has no {', '.join(missing)}: not a Fish Speech S1 folder")
+        raise DownloadError(
+            "error", f"{repo_id}@{revision} has no {', '.join(missing)}: not a complete {published.title} folder"
+        )
     _mark_done(dest, record)
     print(f"{dest}: {repo_id}@{revision} downloaded")
     return dest

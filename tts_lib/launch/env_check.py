@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 import tts_lib
-from tts_lib.launch.bundle import is_random_demo, shown
+from tts_lib.launch.bundle import DEFAULT_MODEL, is_random_demo, shown
 from tts_lib.training import memory_needs
 
 # GiB of GPU memory a mode needs with S1-mini at max_tokens 4096, by the memory plan (see the docstring).
@@ -71,7 +71,8 @@ def check_environment(
     tiny = is_random_demo(base_model)
     need = TINY_NEEDS_GB if tiny else needs[mode]
     env["vram_needed_gb"] = need
-    env["needs_basis"] = "the tiny random demo model" if tiny else "memory plan of S1-mini, max_tokens 4096"
+    plan = f"memory plan of {DEFAULT_MODEL.title}, max_tokens 4096"
+    env["needs_basis"] = "the tiny random demo model" if tiny else plan
     warnings = []
     if env["gpu"] is None:
         if not tiny:

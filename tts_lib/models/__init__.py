@@ -165,6 +165,18 @@ class ModelFamily(Protocol):
 
 
 @dataclass(frozen=True)
+class PublishedModel:
+    """A released checkpoint tts_lib downloads by name: setup.sh's BASE_MODEL and every base_model setting take
+    `name`, and it lives in checkpoints/<name> on the instance."""
+
+    name: str  # the base-model name, e.g. "openaudio-s1-mini"
+    repo: str  # its Hugging Face model repository
+    files: tuple[str, ...]  # what a complete checkpoint folder holds: downloaded, then checked
+    title: str  # for people, e.g. "OpenAudio S1-mini"
+    gated: bool = False  # True: the hub asks for an accepted licence and HF_TOKEN
+
+
+@dataclass(frozen=True)
 class FamilyEntry:
     """A registered family. `module` is imported only when the family is used; it defines:
 
@@ -179,6 +191,8 @@ class FamilyEntry:
     model_type: str  # the config.json `model_type` that selects this family
     module: str  # importable module path
     models: str  # the checkpoints it loads, for error messages
+    published: tuple[PublishedModel, ...] = ()  # released checkpoints, downloadable by name
+    refused: tuple[tuple[str, str], ...] = ()  # (name people try, why it is not supported): refused with the reason
 
 
 FAMILIES: dict[str, FamilyEntry] = {}  # name -> entry, in registration order
@@ -194,8 +208,34 @@ def unregister_family(name: str) -> None:
     FAMILIES.pop(name, None)
 
 
-register_family(FamilyEntry("fish_speech", "dual_ar", "tts_lib.models.fish_speech.registry",
-                            "Fish Speech: OpenAudio S1-mini, fish-speech-1.5"))  # fmt: skip
+register_family(
+    FamilyEntry(
+        "fish_speech", "dual_ar", "tts_lib.models.fish_speech.registry",
+        "Fish Speech: OpenAudio S1-mini, fish-speech-1.5",
+        published=(
+            PublishedModel("openaudio-s1-mini", "fishaudio/openaudio-s1-mini",
+                           ("config.json", "model.pth", "tokenizer.tiktoken", "special_tokens.json", "codec.pth"),
+                           "OpenAudio S1-mini", gated=True),
+        ),
+        refused=(("fish-speech-1.5", "its tokenizer files and its codec (firefly GAN VQ) differ from S1-mini's and "
+                  "are not implemented or verified here"),),
+    )
+)  # fmt: skip
+
+
+def published_models() -> list[PublishedModel]:
+    """Every family's released checkpoints; the first is the default base model (setup.sh's `auto`)."""
+    return [model for entry in FAMILIES.values() for model in entry.published]
+
+
+def published_model(name: str) -> PublishedModel | None:
+    """The released checkpoint called `name` (its base-model name or its repository), else None."""
+    return next((m for m in published_models() if name in (m.name, m.repo)), None)
+
+
+def refused_models() -> dict[str, str]:
+    """Names people try that tts_lib does not support -> why."""
+    return {name: why for entry in FAMILIES.values() for name, why in entry.refused}
 
 
 def family_module(name: str):
