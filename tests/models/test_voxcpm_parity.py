@@ -1,0 +1,131 @@
+"""Our VoxCPM2 against upstream voxcpm 2.0.3 on tiny random weights: the same weights give the same transformer
+outputs, the same stop logits, and the same two training losses and gradients under the same seed."""
+
+import copy
+from types import SimpleNamespace
+
+import pytest
+import torch
+from upstream import upstream_voxcpm
+
+from tts_lib.models.voxcpm import VoxCPM2Config, VoxCPM2Model
+from tts_lib.models.voxcpm.minicpm import MiniCPM
+
+ROPE = {"type": "longrope", "long_factor": [1.0, 1.5, 2.0, 3.0], "short_factor": [1.0, 1.1, 1.2, 1.3],
+        "original_max_position_embeddings": 32}  # fmt: skip
+TINY = {
+    "architecture": "voxcpm2",
+    "lm_config": {"bos_token_id": 1, "eos_token_id": 2, "hidden_size": 32, "intermediate_size": 64,
+                  "max_position_embeddings": 64, "num_attention_heads": 4, "num_hidden_layers": 2,
+                  "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "rope_scaling": ROPE, "vocab_size": 128,
+                  "use_mup": True, "scale_emb": 12.0, "dim_model_base": 256, "scale_depth": 1.4, "rope_theta": 10000.0,
+                  "no_rope": False},
+    "patch_size": 2, "feat_dim": 8, "residual_lm_num_layers": 1, "residual_lm_no_rope": False,
+    "scalar_quantization_latent_dim": 16, "scalar_quantization_scale": 9,
+    "encoder_config": {"hidden_dim": 16, "ffn_dim": 32, "num_heads": 2, "num_layers": 1},
+    "dit_config": {"hidden_dim": 16, "ffn_dim": 32, "num_heads": 2, "num_layers": 2,
+                   "dit_mean_mode": False, "cfm_config": {"sigma_min": 1e-6, "solver": "euler",
+                                                          "t_scheduler": "log-norm", "training_cfg_rate": 0.1,
+                                                          "inference_cfg_rate": 1.0}},
+    "max_length": 64, "device": "cpu", "dtype": "float32",
+}  # fmt: skip
+
+
+def upstream_model(config: dict):
+    u = upstream_voxcpm()
+    torch.manual_seed(0)
+    model = u.voxcpm2.VoxCPM2Model(u.voxcpm2.VoxCPMConfig.model_validate(copy.deepcopy(config)),
+                                   SimpleNamespace(vocab={}), SimpleNamespace(chunk_size=640, sample_rate=16000),
+                                   device="cpu")  # fmt: skip
+    return model.train()
+
+
+def ours_like(upstream, config: dict) -> VoxCPM2Model:
+    model = VoxCPM2Model(VoxCPM2Config.from_dict(copy.deepcopy(config)))
+    model.load_state_dict(upstream.state_dict(), strict=True)  # every key, both ways
+    return model.train()
+
+
+def batch(config: dict, seed: int = 1) -> dict:
+    """Two sequences as upstream's packer lays them out: text, 101, audio patches, 102; the second padded."""
+    g = torch.Generator().manual_seed(seed)
+    p, d = config["patch_size"], config["feat_dim"]
+    rows = []
+    for text, audio, pad in ((4, 6, 0), (3, 4, 3)):
+        n = text + 1 + audio + 1
+        zeros = torch.zeros(audio + 1 + pad, dtype=torch.long)
+        tokens = torch.cat([torch.randint(3, 100, (text,), generator=g), torch.tensor([101]), zeros])
+        tokens[text + 1 + audio] = 102
+        text_mask = torch.tensor([1] * (text + 1) + [0] * audio + [1] + [0] * pad)
+        audio_mask = torch.tensor([0] * (text + 1) + [1] * audio + [0] + [0] * pad)
+        feats = torch.randn(n + pad, p, d, generator=g) * audio_mask[:, None, None]
+        labels = torch.zeros(n + pad, dtype=torch.long)
+        labels[n - 2] = 1
+        rows.append((tokens, text_mask, feats, audio_mask, audio_mask.clone(), labels))
+    keys = ("text_tokens", "text_mask", "audio_feats", "audio_mask", "loss_mask", "labels")
+    out = {k: torch.stack([r[i] for r in rows]) for i, k in enumerate(keys)}
+    out["position_ids"] = torch.arange(out["text_tokens"].shape[1]).expand(2, -1)
+    return out
+
+
+def test_the_minicpm_transformer_matches_upstream_with_long_and_short_rope():
+    u = upstream_voxcpm()
+    for max_pos in (64, 32):  # longer than the original context (long factors), then not (short factors)
+        lm = {**TINY["lm_config"], "max_position_embeddings": max_pos}
+        theirs = u.minicpm4.MiniCPMModel(u.minicpm4.MiniCPM4Config.model_validate(lm)).eval()
+        ours = MiniCPM(VoxCPM2Config.from_dict({**TINY, "lm_config": lm}).lm_config).eval()
+        ours.load_state_dict(theirs.state_dict(), strict=True)
+        x = torch.randn(2, 20, 32, generator=torch.Generator().manual_seed(0))
+        for causal in (True, False):
+            expected, _ = theirs(x, is_causal=causal)
+            assert (ours(x, causal=causal) - expected).abs().max() <= 1e-5
+
+
+def test_training_losses_and_gradients_equal_upstreams_under_the_same_seed():
+    theirs = upstream_model(TINY)
+    ours = ours_like(theirs, TINY)
+    inputs = batch(TINY)
+    torch.manual_seed(7)
+    expected = theirs(**inputs)
+    torch.manual_seed(7)
+    got = ours(**inputs)
+    for key in ("loss/diff", "loss/stop"):
+        assert abs(got[key].item() - expected[key].item()) <= 1e-5, key
+    assert got["loss/diff"].item() > 0 and got["loss/stop"].item() > 0
+    (expected["loss/diff"] + expected["loss/stop"]).backward()
+    (got["loss/diff"] + got["loss/stop"]).backward()
+    ours_params = dict(ours.named_parameters())
+    for name, param in theirs.named_parameters():
+        if param.grad is not None:
+            assert (ours_params[name].grad - param.grad).abs().max() <= 1e-5, name
+    torch.manual_seed(8)  # another seed, other draws: another loss (the seed is what makes them equal)
+    assert ours(**inputs)["loss/diff"].item() != got["loss/diff"].item()
+
+
+def test_stop_logits_and_dit_velocity_match_upstream():
+    theirs = upstream_model(TINY).eval()
+    ours = ours_like(theirs, TINY).eval()
+    inputs = batch(TINY)
+    lm_hidden, _, condition = ours.hidden_states(inputs["text_tokens"], inputs["text_mask"].float(),
+                                                 inputs["audio_feats"], inputs["audio_mask"].float())  # fmt: skip
+    expected_stop = theirs.stop_head(theirs.stop_actn(theirs.stop_proj(lm_hidden)))
+    assert (ours.stop_logits(lm_hidden) - expected_stop).abs().max() <= 1e-6
+    g = torch.Generator().manual_seed(3)
+    n = 5
+    x, cond = torch.randn(n, 8, 2, generator=g), torch.randn(n, 8, 2, generator=g)
+    mu, t = condition.reshape(-1, condition.shape[-1])[:n], torch.rand(n, generator=g)
+    expected = theirs.feat_decoder.estimator(x, mu, t, cond, torch.zeros(n))
+    assert (ours.feat_decoder.estimator(x, mu, t, cond, torch.zeros(n)) - expected).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("missing", ["lm_config", "dit_config"])
+def test_a_config_without_a_required_part_is_one_clear_error(missing):
+    with pytest.raises(ValueError, match=f"expected a VoxCPM2 config with '{missing}'"):
+        VoxCPM2Config.from_dict({k: v for k, v in TINY.items() if k != missing})
+
+
+def test_unknown_config_keys_are_kept_and_written_back():
+    raw = {**TINY, "new_top": 1, "lm_config": {**TINY["lm_config"], "new_lm": 2}}
+    config = VoxCPM2Config.from_dict(copy.deepcopy(raw))
+    assert config.unknown_keys == ["architecture", "lm_config.new_lm", "new_top"]
+    assert config.to_dict()["lm_config"]["new_lm"] == 2 and config.to_dict()["new_top"] == 1

@@ -1,0 +1,105 @@
+"""VoxCPM2's trainable model (everything but the audio VAE) and its training forward.
+
+    from tts_lib.models.voxcpm import VoxCPM2Model
+    model = VoxCPM2Model(config)
+    out = model(text_tokens, text_mask, audio_feats, audio_mask, loss_mask, position_ids, labels)
+    out["loss/diff"], out["loss/stop"]  # upstream's two losses, equal to upstream's forward under the same seed
+
+A sequence is text tokens, then audio positions, one per patch of `patch_size` latent frames. Text positions embed
+their token (times muP's scale_emb), audio positions their patch through the local encoder. The base LM runs over
+all of it (audio positions through the scalar quantiser); the residual LM refines its output fused with the patch
+embeddings; each position's two states condition the local DiT that predicts the next patch by flow matching, and
+the stop head says whether the audio ends there. Parameter names are upstream's, so `model.safetensors` loads as
+published (strictly).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tts_lib.models.voxcpm.config import VoxCPM2Config
+from tts_lib.models.voxcpm.flow import flow_loss
+from tts_lib.models.voxcpm.local import FlowDecoder, LocalEncoder, ScalarQuantizer
+from tts_lib.models.voxcpm.minicpm import MiniCPM
+
+AUDIO_START, AUDIO_END, REF_START, REF_END = 101, 102, 103, 104  # special text tokens around audio segments
+
+
+def shift_right(x: Tensor) -> Tensor:
+    """(B, T, ...) -> the same with position t holding x[t - 1] and zeros first: what predicts position t."""
+    return torch.cat((torch.zeros_like(x[:, :1]), x[:, :-1]), dim=1)
+
+
+class VoxCPM2Model(nn.Module):
+    def __init__(self, config: VoxCPM2Config):
+        super().__init__()
+        self.config = config
+        lm, enc, dit = config.lm_config, config.encoder_config, config.dit_config
+        self.patch_size, self.feat_dim = config.patch_size, config.feat_dim
+        self.base_lm = MiniCPM(lm)
+        self.residual_lm = MiniCPM(config.residual_lm())
+        self.feat_encoder = LocalEncoder(config.local(enc), config.feat_dim)
+        self.feat_decoder = FlowDecoder(config.local(dit), config.feat_dim)
+        self.fsq_layer = ScalarQuantizer(lm.hidden_size, config.scalar_quantization_latent_dim,
+                                         config.scalar_quantization_scale)  # fmt: skip
+        self.enc_to_lm_proj = nn.Linear(enc.hidden_dim, lm.hidden_size)
+        self.lm_to_dit_proj = nn.Linear(lm.hidden_size, dit.hidden_dim)
+        self.res_to_dit_proj = nn.Linear(lm.hidden_size, dit.hidden_dim)
+        self.fusion_concat_proj = nn.Linear(2 * lm.hidden_size, lm.hidden_size)
+        self.stop_proj = nn.Linear(lm.hidden_size, lm.hidden_size)
+        self.stop_head = nn.Linear(lm.hidden_size, 2, bias=False)
+
+    @property
+    def embedding_scale(self) -> float:
+        return self.config.lm_config.scale_emb if self.config.lm_config.use_mup else 1.0
+
+    def hidden_states(
+        self, text_tokens: Tensor, text_mask: Tensor, audio_feats: Tensor, audio_mask: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(lm_hidden, residual_hidden, dit_condition): what predicts each position, from the positions before it.
+        text_tokens (B, T) long, masks (B, T) float, audio_feats (B, T, P, D) -> (B, T, H), (B, T, H),
+        (B, T, 2 * dit hidden)."""
+        feat_embed = self.enc_to_lm_proj(self.feat_encoder(audio_feats))  # (B, T, H)
+        text_embed = self.base_lm.embed_tokens(text_tokens) * self.embedding_scale
+        text_mask, audio_mask = text_mask.unsqueeze(-1), audio_mask.unsqueeze(-1)
+        lm_out = self.base_lm(text_mask * text_embed + audio_mask * feat_embed, causal=True)
+        lm_out = self.fsq_layer(lm_out) * audio_mask + lm_out * text_mask
+        residual = self.residual_lm(self.fusion_concat_proj(torch.cat((lm_out, audio_mask * feat_embed), dim=-1)))
+        lm_hidden, residual_hidden = shift_right(lm_out), shift_right(residual)
+        condition = torch.cat((self.lm_to_dit_proj(lm_hidden), self.res_to_dit_proj(residual_hidden)), dim=-1)
+        return lm_hidden, residual_hidden, condition
+
+    def stop_logits(self, lm_hidden: Tensor) -> Tensor:
+        """(B, T, H) -> (B, T, 2): logit 1 says the audio ends after this position."""
+        return self.stop_head(F.silu(self.stop_proj(lm_hidden)))
+
+    def loss_sums(
+        self, text_tokens: Tensor, text_mask: Tensor, audio_feats: Tensor, audio_mask: Tensor, loss_mask: Tensor,
+        labels: Tensor, progress: float = 0.0,
+    ) -> dict[str, tuple[Tensor, Tensor]]:  # fmt: skip
+        """{"diff": (summed squared velocity error, supervised latent frames), "stop": (summed stop
+        cross-entropy, supervised positions)}: sums, so a trainer can normalise over a whole update."""
+        lm_hidden, _, condition = self.hidden_states(text_tokens, text_mask, audio_feats, audio_mask)
+        b, t, p, d = audio_feats.shape
+        # contiguous: randn_like follows a tensor's strides, and the draws must land where upstream's do
+        target = audio_feats.reshape(b * t, p, d).transpose(1, 2).contiguous()  # (N, D, P)
+        previous = shift_right(audio_feats).reshape(b * t, p, d).transpose(1, 2).contiguous()
+        frames = loss_mask.reshape(b * t, 1).expand(b * t, p).to(audio_feats.dtype)  # (N, P)
+        diff = flow_loss(self.feat_decoder.estimator, self.config.dit_config.cfm_config, target,
+                         condition.reshape(b * t, -1), previous, frames, progress)  # fmt: skip
+        stop = F.cross_entropy(self.stop_logits(lm_hidden).transpose(1, 2).float(), labels.long(), reduction="none")
+        return {"diff": diff, "stop": ((stop * loss_mask).sum(), loss_mask.sum())}
+
+    def forward(
+        self, text_tokens: Tensor, text_mask: Tensor, audio_feats: Tensor, audio_mask: Tensor, loss_mask: Tensor,
+        position_ids: Tensor | None = None, labels: Tensor | None = None, *, progress: float = 0.0,
+    ) -> dict[str, Tensor]:  # fmt: skip
+        """Upstream's training forward and its arguments (position_ids unused there too): {"loss/diff",
+        "loss/stop"}, each its mean over the supervised frames and positions."""
+        del position_ids
+        dtype = next(self.parameters()).dtype
+        sums = self.loss_sums(text_tokens.long(), text_mask.to(dtype), audio_feats.to(dtype), audio_mask.to(dtype),
+                              loss_mask.to(dtype), labels, progress)  # fmt: skip
+        return {f"loss/{name}": total / torch.clamp(count, min=1.0) for name, (total, count) in sums.items()}
