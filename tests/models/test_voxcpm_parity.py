@@ -129,3 +129,33 @@ def test_unknown_config_keys_are_kept_and_written_back():
     config = VoxCPM2Config.from_dict(copy.deepcopy(raw))
     assert config.unknown_keys == ["architecture", "lm_config.new_lm", "new_top"]
     assert config.to_dict()["lm_config"]["new_lm"] == 2 and config.to_dict()["new_top"] == 1
+
+
+VAE = {"encoder_dim": 4, "encoder_rates": [2, 2], "latent_dim": 8, "decoder_dim": 16, "decoder_rates": [3, 2, 2],
+       "depthwise": True, "sample_rate": 16000, "out_sample_rate": 48000}  # fmt: skip
+
+
+@pytest.mark.parametrize("variant", [{}, {"depthwise": False, "sr_bin_boundaries": None}])
+def test_the_audio_vae_encodes_and_decodes_like_upstream(variant):
+    from tts_lib.models.voxcpm.vae import AudioVAE, AudioVAEConfig
+
+    u = upstream_voxcpm()
+    config = {**VAE, **variant}
+    torch.manual_seed(0)
+    theirs = u.audiovae.AudioVAEV2(u.audiovae.AudioVAEConfigV2(**config)).eval()
+    with torch.no_grad():  # trained-looking weights: g away from |v|, rate embeddings away from 1 and 0
+        for name, p in theirs.named_parameters():
+            if name.endswith(("weight_g", "alpha", "embed.weight")):
+                p.mul_(1 + 0.3 * torch.rand_like(p))
+    ours = AudioVAE(AudioVAEConfig.from_dict(config)).eval()
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    wave = torch.randn(2, 1, 101, generator=torch.Generator().manual_seed(1)) * 0.3  # not a multiple of the hop
+    with torch.no_grad():
+        latents = ours.encode(wave, 16000)
+        assert latents.shape == (2, 8, 26)
+        assert (latents - theirs.encode(wave, 16000)).abs().max() <= 1e-5
+        audio = ours.decode(latents)
+        assert audio.shape == (2, 1, 26 * 12)
+        assert (audio - theirs.decode(latents)).abs().max() <= 1e-5
+    with pytest.raises(ValueError, match="encodes 16000 Hz audio, found 44100 Hz"):
+        ours.encode(wave, 44100)
