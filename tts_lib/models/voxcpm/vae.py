@@ -167,7 +167,9 @@ class RateCondition(nn.Module):
             self.cond_embed = nn.Embedding(buckets, dim if kind == "add" else cond_dim)
             width = dim + cond_dim if kind == "concat" else dim
         else:
-            raise ValueError(f"audio_vae_config.cond_type {kind!r}: expected scale_bias, scale_bias_init, add or concat")
+            raise ValueError(
+                f"audio_vae_config.cond_type {kind!r}: expected scale_bias, scale_bias_init, add or concat"
+            )
         self.out_layer = nn.Sequential(Snake(width), WNConv(width, dim, 1)) if out_layer else nn.Identity()
 
     def forward(self, x: Tensor, bucket: Tensor) -> Tensor:
