@@ -159,3 +159,59 @@ def test_the_audio_vae_encodes_and_decodes_like_upstream(variant):
         assert (audio - theirs.decode(latents)).abs().max() <= 1e-5
     with pytest.raises(ValueError, match="encodes 16000 Hz audio, found 44100 Hz"):
         ours.encode(wave, 44100)
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    from tts_lib.models.voxcpm.tiny import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("voxcpm") / "tiny-voxcpm")
+
+
+def test_upstream_loads_our_tiny_folder_and_our_save_with_every_key(tiny_folder, tmp_path):
+    from safetensors.torch import load_file
+
+    u = upstream_voxcpm()
+    ours = VoxCPM2Model.from_pretrained(tiny_folder)
+    saved = ours.save_pretrained(tmp_path / "saved")
+    assert {"config.json", "model.safetensors", "audiovae.safetensors", "tokenizer.json"} <= {
+        p.name for p in saved.iterdir()
+    }
+    theirs = u.voxcpm2.VoxCPM2Model.from_local(str(saved), optimize=False, training=True, device="cpu")
+    state = {**load_file(saved / "model.safetensors"),
+             **{f"audio_vae.{k}": v for k, v in load_file(saved / "audiovae.safetensors").items()}}  # fmt: skip
+    result = theirs.load_state_dict(state, strict=False)
+    assert result.missing_keys == [] and result.unexpected_keys == []
+    mine = ours.state_dict()
+    assert all(torch.equal(mine[k], v) for k, v in theirs.state_dict().items() if not k.startswith("audio_vae."))
+
+
+def test_a_folder_with_missing_or_extra_weights_is_refused_naming_them(tiny_folder, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_folder, bad)
+    state = load_file(bad / "model.safetensors")
+    del state["stop_head.weight"]
+    save_file({**state, "extra.weight": torch.zeros(1)}, bad / "model.safetensors")
+    with pytest.raises(ValueError, match=r"model.safetensors: .*missing stop_head.weight; unexpected extra.weight"):
+        VoxCPM2Model.from_pretrained(bad)
+    (bad / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="expected the model's weights .model.safetensors or pytorch_model"):
+        VoxCPM2Model.from_pretrained(bad)
+
+
+def test_the_tokenizer_splits_cjk_words_like_upstream(tiny_folder):
+    from transformers import LlamaTokenizerFast
+
+    from tts_lib.models.voxcpm.tokenizer import VoxCPMTokenizer
+
+    u = upstream_voxcpm()
+    theirs = u.voxcpm2.mask_multichar_chinese_tokens(LlamaTokenizerFast.from_pretrained(str(tiny_folder)))
+    ours = VoxCPMTokenizer.from_folder(tiny_folder)
+    for text in ("hyvää huomenta", "你好世界", "ሰላም 你好 x", "Zürich 7.45"):
+        assert ours.encode(text) == theirs(text), text
+    assert ours.base.tokenize("你好世界") == ["▁", "你好", "世界"]  # the BPE merges them ...
+    assert ours.tokens("你好世界") == ["▁", "你", "好", "世", "界"]  # ... the model reads one character at a time

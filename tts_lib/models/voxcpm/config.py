@@ -150,6 +150,9 @@ class VoxCPM2Config:
     def to_dict(self) -> dict[str, Any]:
         """The config.json contents, unknown keys back where they were."""
         data = dataclasses.asdict(self)
+        for part in ("lm_config", "encoder_config", "dit_config"):
+            if data[part]["kv_channels"] is None:  # upstream's schema types it int: absent, never null
+                del data[part]["kv_channels"]
         for key, value in data.pop("extra").items():
             where, _, name = key.rpartition(".")
             (data[where] if where else data)[name] = value

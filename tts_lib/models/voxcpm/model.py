@@ -15,10 +15,24 @@ published (strictly).
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tts_lib.common.fileio import atomic_write_json
+from tts_lib.models.voxcpm.checkpoint import (
+    CONFIG_FILE,
+    MODEL_FILES,
+    VAE_PREFIX,
+    check_shapes,
+    copy_passthrough,
+    find_file,
+    load_weights,
+    save_weights,
+)
 from tts_lib.models.voxcpm.config import VoxCPM2Config
 from tts_lib.models.voxcpm.flow import flow_loss
 from tts_lib.models.voxcpm.local import FlowDecoder, LocalEncoder, ScalarQuantizer
@@ -50,6 +64,40 @@ class VoxCPM2Model(nn.Module):
         self.fusion_concat_proj = nn.Linear(2 * lm.hidden_size, lm.hidden_size)
         self.stop_proj = nn.Linear(lm.hidden_size, lm.hidden_size)
         self.stop_head = nn.Linear(lm.hidden_size, 2, bias=False)
+        self.source_folder: Path | None = None  # the folder it was loaded from: save_pretrained copies its VAE
+
+    @classmethod
+    def from_pretrained(
+        cls, folder: str | os.PathLike, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
+    ) -> VoxCPM2Model:
+        """The model of a hub-layout folder, every weight checked against config.json (missing, unexpected or
+        misshapen: one error naming the file and the keys), in eval mode; dtype None keeps the file's."""
+        folder = Path(folder)
+        config = VoxCPM2Config.from_file(folder / CONFIG_FILE)
+        with torch.device("meta"):
+            model = cls(config)
+        path = find_file(folder, MODEL_FILES, "the model's weights")
+        state = load_weights(path, model.state_dict().keys(), ignore_prefix=VAE_PREFIX)
+        check_shapes(path, state, model)
+        model.load_state_dict(state, strict=True, assign=True)
+        for module in model.modules():
+            if isinstance(module, MiniCPM):
+                module.build_rope_tables()
+        model.source_folder = folder
+        return model.to(device=device, dtype=dtype).eval()
+
+    def save_pretrained(self, out: str | os.PathLike) -> Path:
+        """A folder upstream's `VoxCPM2Model.from_local` and `from_pretrained` load with every key: config.json,
+        model.safetensors, and the audio VAE and tokenizer files of the folder this model came from."""
+        if self.source_folder is None:
+            raise ValueError(f"cannot save {out}: a VoxCPM2 folder needs the audio VAE and the tokenizer files, and "
+                             "this model was not loaded from a folder that has them (use from_pretrained)")  # fmt: skip
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / CONFIG_FILE, self.config.to_dict())
+        save_weights(self.state_dict(), out / MODEL_FILES[0])
+        copy_passthrough(self.source_folder, out)
+        return out
 
     @property
     def embedding_scale(self) -> float:
