@@ -141,6 +141,7 @@ class Family:
         self.folder = Path(folder)
         self.config = json.loads((self.folder / "config.json").read_text())
         self.sample_rate, self.max_seq_len = self.config["sample_rate"], self.config["max_seq_len"]
+        self.output_sample_rate = 2 * self.sample_rate  # decodes at another rate than it encodes, as VoxCPM2 does
         self.frame_rate = self.sample_rate / self.config["hop"]
 
     def load_model(self, device="cpu", dtype=None) -> ToyLM:
@@ -203,9 +204,9 @@ class Family:
         return torch.stack(frames, 1) if frames else torch.zeros(self.config["latent_dim"], 0)
 
     def decode(self, latents: Tensor, device="cpu") -> np.ndarray:
-        hop, out = self.config["hop"], []
+        hop, out = 2 * self.config["hop"], []
         for energy, crossings, _ in latents.T.tolist():
-            t = np.arange(hop) / self.sample_rate
+            t = np.arange(hop) / self.output_sample_rate
             freq = 100 + min(max(crossings, 0.0), 1.0) * self.sample_rate / 4
             out.append(min(math.exp(energy / 2), 1.0) * np.sin(2 * np.pi * freq * t))
         return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)

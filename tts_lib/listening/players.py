@@ -72,7 +72,7 @@ def synthesize(
     `device` says otherwise; a model that stops at once gives an empty wave."""
     device = device if device is not None else next(model.parameters()).device
     generated = family.generate(model, text, references, max_new_tokens=max_new_tokens, seed=seed)
-    return family.decode(generated, device), family.sample_rate
+    return family.decode(generated, device), family.output_sample_rate
 
 
 def render_versions(

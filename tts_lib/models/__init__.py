@@ -107,7 +107,8 @@ class ModelFamily(Protocol):
         both load with every key; writes atomically, returns `out`.
 
     Data
-      sample_rate, frame_rate: the codec's input rate (Hz) and training targets per second of audio.
+      sample_rate, frame_rate: the codec's input rate (Hz) and training targets per second of audio;
+        output_sample_rate: the rate decode makes (VoxCPM2: 48 kHz from 16 kHz input).
       codec_spec(device): a batched encoder for the features cache; targets are integer codes or float latents
         of any shape, stored exactly (tts_lib.data.codes_cache).
       frames_for_seconds(s), sequence_length(text, frames), max_seq_len: an item's training sequence length
@@ -140,6 +141,7 @@ class ModelFamily(Protocol):
     folder: Path
     selection_metric: str
     sample_rate: int
+    output_sample_rate: int
     frame_rate: float
     max_seq_len: int
 
@@ -188,11 +190,12 @@ class FamilyEntry:
     """
 
     name: str  # what metadata.json records as base_model.family
-    model_type: str  # the config.json `model_type` that selects this family
+    model_type: str  # the value of config.json's `config_key` that selects this family
     module: str  # importable module path
     models: str  # the checkpoints it loads, for error messages
     published: tuple[PublishedModel, ...] = ()  # released checkpoints, downloadable by name
     refused: tuple[tuple[str, str], ...] = ()  # (name people try, why it is not supported): refused with the reason
+    config_key: str = "model_type"  # the config.json key naming the model (VoxCPM: "architecture")
 
 
 FAMILIES: dict[str, FamilyEntry] = {}  # name -> entry, in registration order
@@ -221,6 +224,11 @@ register_family(
                   "are not implemented or verified here"),),
     )
 )  # fmt: skip
+
+
+register_family(
+    FamilyEntry("voxcpm", "voxcpm2", "tts_lib.models.voxcpm.registry", "VoxCPM2 (OpenBMB)", config_key="architecture")
+)  # its released checkpoint joins `published` when the family trains end to end (issue 14)
 
 
 def published_models() -> list[PublishedModel]:
@@ -252,12 +260,12 @@ def load_family(folder: str | Path) -> ModelFamily:
     if not config.is_file():
         has = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else "no such folder"
         raise FileNotFoundError(f"{config} not found: a checkpoint folder has config.json; {folder} has {has}")
-    model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    raw = json.loads(config.read_text(encoding="utf-8"))
     for entry in FAMILIES.values():
-        if entry.model_type == model_type:
+        if raw.get(entry.config_key) == entry.model_type:
             return family_module(entry.name).Family(folder)
-    known = "; ".join(f"{e.model_type!r} ({e.models})" for e in FAMILIES.values())
-    raise ValueError(f"{config}: model_type {model_type!r} is not supported; tts_lib supports {known}")
+    known = "; ".join(f"{e.config_key} {e.model_type!r} ({e.models})" for e in FAMILIES.values())
+    raise ValueError(f"{config}: model_type {raw.get('model_type')!r} is not supported; tts_lib supports {known}")
 
 
 def reference_shape(family: str = "fish_speech") -> PlanningShape:

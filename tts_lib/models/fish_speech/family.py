@@ -96,6 +96,10 @@ class FishSpeechFamily:
         return self.codec_config().sample_rate
 
     @property
+    def output_sample_rate(self) -> int:
+        return self.sample_rate  # the codec decodes at the rate it encodes
+
+    @property
     def frame_rate(self) -> float:
         codec = self.codec_config()
         return codec.sample_rate / codec.frame_length  # S1-mini: 44100 / 2048, about 21.5

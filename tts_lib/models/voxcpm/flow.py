@@ -20,29 +20,30 @@ from tts_lib.models.voxcpm.local import LocalDiT
 
 
 def flow_loss(
-    estimator: LocalDiT, cfm: CfmConfig, x1: Tensor, mu: Tensor, cond: Tensor, mask: Tensor, progress: float = 0.0
-) -> tuple[Tensor, Tensor]:
-    """(summed squared error, supervised frames). x1 (N, D, P) target patches, mu (N, C) conditioning, cond
-    (N, D, P) previous patches, mask (N, P) 1 where a frame is supervised."""
+    estimator: LocalDiT, cfm: CfmConfig, x1: Tensor, mu: Tensor, cond: Tensor, rows: Tensor, progress: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> Tensor:  # fmt: skip
+    """The squared velocity error summed over the supervised patches `rows` (indices into N), every frame of a
+    supervised patch supervised (upstream's mask repeats the patch's). x1 (N, D, P) target patches, mu (N, C)
+    conditioning, cond (N, D, P) previous patches. `generator`: draws from it instead of the global generator
+    (validation uses a fixed one, so its losses compare from one validation to the next)."""
     if cfm.t_scheduler != "log-norm":
         raise ValueError(f"flow matching: t_scheduler {cfm.t_scheduler!r} is not supported; VoxCPM2 uses 'log-norm'")
-    n = x1.shape[0]
+    n, device, g = x1.shape[0], x1.device, generator
     if cfm.training_cfg_rate > 0:
-        mu = mu * (torch.rand(n, device=x1.device) > cfm.training_cfg_rate).view(-1, 1)
+        mu = mu * (torch.rand(n, device=device, generator=g) > cfm.training_cfg_rate).view(-1, 1)
     low, high = cfm.noise_cond_prob_range
-    noisy = torch.rand(n, device=x1.device) > 1.0 - (low + progress * (high - low))
-    cond = cond + noisy.view(-1, 1, 1) * torch.randn_like(cond) * cfm.noise_cond_scale
-    s_r = torch.randn(n, device=x1.device, dtype=x1.dtype) - 0.4  # log-norm: sigmoid of N(-0.4, 1)
-    s_t = torch.randn(n, device=x1.device, dtype=x1.dtype) - 0.4
-    del s_r  # r only differs from t in mean-flow training, which VoxCPM2 does not use
-    torch.rand(n, device=x1.device, dtype=x1.dtype)  # upstream's mean-flow draw: kept for the order of draws
+    noisy = torch.rand(n, device=device, generator=g) > 1.0 - (low + progress * (high - low))
+    noise = torch.randn(cond.shape, device=device, dtype=cond.dtype, generator=g)
+    cond = cond + noisy.view(-1, 1, 1) * noise * cfm.noise_cond_scale
+    torch.randn(n, device=device, dtype=x1.dtype, generator=g)  # r: differs from t in mean-flow training only
+    s_t = torch.randn(n, device=device, dtype=x1.dtype, generator=g) - 0.4  # log-norm: sigmoid of N(-0.4, 1)
+    torch.rand(n, device=device, dtype=x1.dtype, generator=g)  # upstream's mean-flow draw: kept for the order
     t = torch.sigmoid(s_t)
-    z = torch.randn_like(x1)
+    z = torch.randn(x1.shape, device=device, dtype=x1.dtype, generator=g)
     y = (1 - t.view(-1, 1, 1)) * x1 + t.view(-1, 1, 1) * z
-    rows = mask.any(dim=1).nonzero().squeeze(1)  # patches the loss reads: the DiT runs on these only
-    velocity = estimator(y[rows], mu[rows], t[rows], cond[rows], torch.zeros_like(t[rows]))
-    errors = (velocity.float() - (z - x1)[rows].float()).pow(2).mean(dim=1)  # (rows, P)
-    return (errors * mask[rows]).sum(), mask.sum()
+    velocity = estimator(y[rows], mu[rows], t[rows], cond[rows], torch.zeros_like(t[rows]))  # the DiT: these only
+    return (velocity.float() - (z - x1)[rows].float()).pow(2).mean(dim=1).sum()
 
 
 @torch.no_grad()

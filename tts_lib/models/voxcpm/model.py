@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tts_lib.common.fileio import atomic_write_json
+from tts_lib.models import ModuleRoles
 from tts_lib.models.voxcpm.checkpoint import (
     CONFIG_FILE,
     MODEL_FILES,
@@ -39,6 +40,11 @@ from tts_lib.models.voxcpm.local import FlowDecoder, LocalEncoder, ScalarQuantiz
 from tts_lib.models.voxcpm.minicpm import MiniCPM
 
 AUDIO_START, AUDIO_END, REF_START, REF_END = 101, 102, 103, 104  # special text tokens around audio segments
+# Adapter targets (peft regexes over full module names). "upstream": the official recipe's LoRA, q/k/v/o of both LMs
+# and of the DiT (not the local encoder); "attention_mlp" adds their MLPs.
+_STACKS = r"(base_lm|residual_lm|feat_decoder\.estimator\.decoder)\.layers\.\d+"
+UPSTREAM_TARGETS = _STACKS + r"\.self_attn\.(q_proj|k_proj|v_proj|o_proj)"
+ATTENTION_MLP = _STACKS + r"\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 
 
 def shift_right(x: Tensor) -> Tensor:
@@ -47,6 +53,14 @@ def shift_right(x: Tensor) -> Tensor:
 
 
 class VoxCPM2Model(nn.Module):
+    module_roles = ModuleRoles(
+        adapter_presets={"upstream": UPSTREAM_TARGETS, "attention_mlp": ATTENTION_MLP},
+        text_embeddings="base_lm.embed_tokens",
+        embeddings=frozenset({"embed_tokens"}),
+        heads=frozenset({"stop_head"}),
+        layer_pattern=r"base_lm\.layers\.(\d+)\.",
+    )
+
     def __init__(self, config: VoxCPM2Config):
         super().__init__()
         self.config = config
@@ -100,6 +114,17 @@ class VoxCPM2Model(nn.Module):
         return out
 
     @property
+    def gradient_checkpointing(self) -> bool:
+        return self.base_lm.gradient_checkpointing
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, on: bool) -> None:
+        """Recompute each transformer block in backward, in all four transformers (upstream has none)."""
+        for module in self.modules():
+            if isinstance(module, MiniCPM):
+                module.gradient_checkpointing = on
+
+    @property
     def embedding_scale(self) -> float:
         return self.config.lm_config.scale_emb if self.config.lm_config.use_mup else 1.0
 
@@ -125,20 +150,22 @@ class VoxCPM2Model(nn.Module):
 
     def loss_sums(
         self, text_tokens: Tensor, text_mask: Tensor, audio_feats: Tensor, audio_mask: Tensor, loss_mask: Tensor,
-        labels: Tensor, progress: float = 0.0,
-    ) -> dict[str, tuple[Tensor, Tensor]]:  # fmt: skip
-        """{"diff": (summed squared velocity error, supervised latent frames), "stop": (summed stop
-        cross-entropy, supervised positions)}: sums, so a trainer can normalise over a whole update."""
+        labels: Tensor, progress: float = 0.0, generator: torch.Generator | None = None,
+    ) -> dict[str, tuple[Tensor, int]]:  # fmt: skip
+        """{"diff": (summed squared velocity error, supervised latent frames), "stop": (summed stop cross-entropy,
+        supervised positions)}: sums, so a trainer can normalise over a whole update. The supervised positions are
+        found from loss_mask alone (indices, not a boolean mask): a trace on fake tensors knows every shape."""
         lm_hidden, _, condition = self.hidden_states(text_tokens, text_mask, audio_feats, audio_mask)
         b, t, p, d = audio_feats.shape
-        # contiguous: randn_like follows a tensor's strides, and the draws must land where upstream's do
+        rows = loss_mask.reshape(-1).nonzero().squeeze(1)  # (S,) supervised patches of the (B * T) positions
+        # contiguous: randn follows a tensor's strides, and the draws must land where upstream's do
         target = audio_feats.reshape(b * t, p, d).transpose(1, 2).contiguous()  # (N, D, P)
         previous = shift_right(audio_feats).reshape(b * t, p, d).transpose(1, 2).contiguous()
-        frames = loss_mask.reshape(b * t, 1).expand(b * t, p).to(audio_feats.dtype)  # (N, P)
         diff = flow_loss(self.feat_decoder.estimator, self.config.dit_config.cfm_config, target,
-                         condition.reshape(b * t, -1), previous, frames, progress)  # fmt: skip
-        stop = F.cross_entropy(self.stop_logits(lm_hidden).transpose(1, 2).float(), labels.long(), reduction="none")
-        return {"diff": diff, "stop": ((stop * loss_mask).sum(), loss_mask.sum())}
+                         condition.reshape(b * t, -1), previous, rows, progress, generator)  # fmt: skip
+        logits = self.stop_logits(lm_hidden).reshape(b * t, 2)[rows].float()
+        stop = F.cross_entropy(logits, labels.reshape(-1)[rows].long(), reduction="sum")
+        return {"diff": (diff, int(rows.numel()) * p), "stop": (stop, int(rows.numel()))}
 
     def forward(
         self, text_tokens: Tensor, text_mask: Tensor, audio_feats: Tensor, audio_mask: Tensor, loss_mask: Tensor,
@@ -150,4 +177,4 @@ class VoxCPM2Model(nn.Module):
         dtype = next(self.parameters()).dtype
         sums = self.loss_sums(text_tokens.long(), text_mask.to(dtype), audio_feats.to(dtype), audio_mask.to(dtype),
                               loss_mask.to(dtype), labels, progress)  # fmt: skip
-        return {f"loss/{name}": total / torch.clamp(count, min=1.0) for name, (total, count) in sums.items()}
+        return {f"loss/{name}": total / max(count, 1) for name, (total, count) in sums.items()}

@@ -1,0 +1,111 @@
+"""VoxCPM2 through the whole pipeline on the tiny random checkpoint: the family's data, loss and generation, then
+quick_lora (upstream's LoRA preset), full and two_phase from the CLI and an incremental run, with exports that
+upstream's own loader reads with every key."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from upstream import upstream_voxcpm
+
+from tts_lib.cli import main
+from tts_lib.models import VoiceReference, load_family, make_tiny_checkpoint
+from tts_lib.models.voxcpm import VoxCPM2Model
+from tts_lib.versions.lineage import read_metadata
+
+DEMO = Path(__file__).resolve().parents[2] / "data" / "demo"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("voxcpm-world")
+    data = root / "data"
+    for speaker, numbers in (("fi_female", range(1, 8)), ("fi_male", range(1, 5))):
+        (data / speaker).mkdir(parents=True)
+        for n in numbers:
+            for ext in (".flac", ".lab"):
+                shutil.copy(DEMO / speaker / f"{speaker}_{n:03d}{ext}", data / speaker)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TTS_LIB_CACHE", str(root / "cache"))
+        yield {"root": root, "base": make_tiny_checkpoint(root / "tiny-voxcpm", family="voxcpm"), "data": data}
+
+
+def finetune(world, name: str, *extra: str) -> dict:
+    out = world["root"] / "runs" / name
+    args = ["finetune", "--base-model", str(world["base"]), "--data", str(world["data"]), "--out", str(out),
+            "--max-steps", "3", "--val-every", "3", "--save-every", "3", "--max-tokens", "512",
+            "--set", "estimate_steps=1", "--set", "adapter.lora_dropout=0.0", *extra]  # fmt: skip
+    assert main(args) == 0
+    return json.loads((out / "results.json").read_text())
+
+
+def test_the_family_reads_its_folder_and_makes_float_latent_targets(world):
+    family = load_family(world["base"])
+    assert family.name == "voxcpm" and family.sample_rate == 16000 and family.output_sample_rate == 48000
+    wave = np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32)  # 1 s
+    [latents] = family.codec_spec().encode_batch([wave])
+    assert latents.dtype == np.float32 and latents.shape == (8, family.frames_for_seconds(1.0))
+    sample = family.build_sample("hyvää huomenta", torch.from_numpy(latents))
+    assert sample.length == family.sequence_length("hyvää huomenta", latents.shape[1])
+    with pytest.raises(TypeError, match="float latents"):
+        family.build_sample("x", torch.zeros(8, 4, dtype=torch.long))
+
+
+def test_validation_losses_are_the_same_every_time_training_ones_are_drawn(world):
+    family = load_family(world["base"])
+    model = family.load_model()
+    [latents] = family.codec_spec().encode_batch([np.ones(8000, np.float32) * 0.1])
+    batch = family.collate([family.build_sample("hei", torch.from_numpy(latents))])
+    model.eval()
+    first, second = family.loss_parts(model, batch), family.loss_parts(model, batch)
+    assert torch.equal(first.sums["diff"], second.sums["diff"])
+    model.train()
+    assert not torch.equal(family.loss_parts(model, batch).sums["diff"], family.loss_parts(model, batch).sums["diff"])
+
+
+def test_generation_follows_a_reference_clip_and_decodes_at_48_khz(world):
+    family = load_family(world["base"])
+    model = family.load_model()
+    plain = family.generate(model, "hei maailma", max_new_tokens=12, seed=0)
+    assert plain.shape[0] == 8 and 0 < plain.shape[1] <= 12 and torch.equal(
+        plain, family.generate(model, "hei maailma", max_new_tokens=12, seed=0))  # fmt: skip
+    voice = VoiceReference(np.sin(np.arange(8000) / 5).astype(np.float32) * 0.3, "hei")
+    assert not torch.equal(family.generate(model, "hei maailma", [voice], max_new_tokens=12, seed=0), plain)
+    wave = family.decode(plain)
+    assert wave.dtype == np.float32 and wave.shape == (plain.shape[1] * 1920,)
+
+
+def test_quick_lora_with_upstreams_preset_exports_a_folder_upstream_loads(world):
+    results = finetune(world, "lora", "--set", "adapter.targets=upstream")
+    out = world["root"] / "runs" / "lora"
+    meta = read_metadata(out)
+    assert meta["base_model"]["family"] == "voxcpm" and meta["best_val"]["val_diff_loss"] > 0
+    config = json.loads((out / results["adapter_dir"] / "adapter_config.json").read_text())
+    assert config["target_modules"].endswith(r"\.self_attn\.(q_proj|k_proj|v_proj|o_proj)")
+    adapted = {k.split(".lora_A")[0] for k in load_file(out / results["adapter_dir"] / "adapter_model.safetensors")
+               if ".lora_A" in k}  # fmt: skip
+    assert any("feat_decoder.estimator.decoder" in k for k in adapted) and not any("feat_encoder" in k for k in adapted)
+    merged = out / results["merged_dir"]
+    u = upstream_voxcpm()
+    theirs = u.voxcpm2.VoxCPM2Model.from_local(str(merged), optimize=False, training=True, device="cpu")
+    state = {**load_file(merged / "model.safetensors"),
+             **{f"audio_vae.{k}": v for k, v in load_file(merged / "audiovae.safetensors").items()}}  # fmt: skip
+    loaded = theirs.load_state_dict(state, strict=False)
+    assert loaded.missing_keys == [] and loaded.unexpected_keys == []
+    base = VoxCPM2Model.from_pretrained(world["base"]).state_dict()
+    assert any(not torch.equal(base[k], v) for k, v in VoxCPM2Model.from_pretrained(merged).state_dict().items())
+    assert "VoxCPM2" in (merged / "README.md").read_text()
+
+
+def test_full_and_two_phase_from_the_cli(world):
+    full = finetune(world, "full", "--mode", "full", "--no-package")
+    trained = VoxCPM2Model.from_pretrained(world["root"] / "runs" / "full" / full["merged_dir"]).state_dict()
+    base = VoxCPM2Model.from_pretrained(world["base"]).state_dict()
+    assert any(not torch.equal(trained[k], base[k]) for k in base)
+    two = finetune(world, "two", "--mode", "two_phase", "--no-package", "--set", "speaker_max_steps=2")
+    assert (world["root"] / "runs" / "two" / two["language_base_dir"] / "audiovae.safetensors").is_file()
+    assert (world["root"] / "runs" / "two" / two["adapter_dir"] / "adapter_model.safetensors").is_file()
