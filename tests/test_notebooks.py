@@ -265,3 +265,21 @@ def test_inference_over_the_versions(world):
     assert "v1: adapter" in log and "v3: adapter" in log  # hot-swapped on the one loaded base
     assert "v2two: its adapter sits on other weights" in log  # two_phase's adapter is on its language base
     assert "* = current" in log  # the versions table
+
+
+def test_the_notebook_fine_tunes_voxcpm2_too(tmp_path, monkeypatch):
+    """The same notebook, base_model a (tiny random) VoxCPM2 folder: float latents, its own loss and metric,
+    players at 48 kHz."""
+    from tts_lib.models import make_tiny_checkpoint
+
+    monkeypatch.setenv("TTS_LIB_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    copy_clips(data, "fi_female", range(1, 7))
+    base = make_tiny_checkpoint(tmp_path / "tiny-voxcpm", family="voxcpm")
+    log = execute("finetune.ipynb", tmp_path / "out.ipynb", training_mode="quick_lora", dataset=str(data),
+                  output_dir=str(tmp_path / "P" / "v1"), **{**FAST, "base_model": str(base)})  # fmt: skip
+    assert "best val_diff_loss" in log and "merged and verified" in log
+    results = json.loads((tmp_path / "P" / "v1" / "results.json").read_text())
+    wavs = sorted((tmp_path / "P" / "v1" / "listen" / "after").glob("*.wav"))
+    assert results["metrics"]["lora"]["best_val_diff_loss"] > 0 and wavs
+    assert sf.info(wavs[0]).samplerate == 48000

@@ -238,8 +238,8 @@ def cmd_versions(args: argparse.Namespace) -> int:
 def cmd_make_tiny_model(args: argparse.Namespace) -> int:
     from tts_lib.models import make_tiny_checkpoint  # imports torch: only when asked
 
-    out = make_tiny_checkpoint(args.out_dir, seed=args.seed, overwrite=args.overwrite)
-    print(f"tiny-demo checkpoint written to {out} (random weights: it generates noise)")
+    out = make_tiny_checkpoint(args.out_dir, family=args.family, seed=args.seed, overwrite=args.overwrite)
+    print(f"tiny {args.family} checkpoint written to {out} (random weights: it generates noise)")
     return 0
 
 
@@ -343,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("make-tiny-model", help="write the tiny-demo checkpoint folder (random weights)")
     p.add_argument("out_dir", help="folder to write (upstream layout)")
+    p.add_argument("--family", default="fish_speech", help="fish_speech (tiny-demo) or voxcpm (VoxCPM2's hub layout)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace the files of an existing folder")
     p.set_defaults(func=cmd_make_tiny_model)
