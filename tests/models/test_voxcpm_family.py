@@ -109,3 +109,29 @@ def test_full_and_two_phase_from_the_cli(world):
     two = finetune(world, "two", "--mode", "two_phase", "--no-package", "--set", "speaker_max_steps=2")
     assert (world["root"] / "runs" / "two" / two["language_base_dir"] / "audiovae.safetensors").is_file()
     assert (world["root"] / "runs" / "two" / two["adapter_dir"] / "adapter_model.safetensors").is_file()
+
+
+def test_the_adapter_in_upstreams_lora_format_loads_with_no_skipped_key_and_acts_the_same(world, tmp_path):
+    from test_voxcpm_parity import batch
+
+    results = json.loads((world["root"] / "runs" / "lora" / "results.json").read_text())  # the quick_lora run
+    exported = world["root"] / "runs" / "lora" / results["upstream_adapter_dir"]
+    saved = json.loads((exported / "lora_config.json").read_text())
+    assert saved["lora_config"]["enable_lm"] and saved["lora_config"]["enable_dit"]
+    assert saved["base_model"] == load_family(world["base"]).identity()
+    u = upstream_voxcpm()
+    base = shutil.copytree(world["base"], tmp_path / "base")  # upstream computes in the config's dtype: fp32 here
+    config = json.loads((base / "config.json").read_text())
+    (base / "config.json").write_text(json.dumps({**config, "dtype": "float32"}))
+    theirs = u.voxcpm2.VoxCPM2Model.from_local(str(base), optimize=False, training=True, device="cpu",
+                                               lora_config=u.voxcpm2.LoRAConfig(**saved["lora_config"]))  # fmt: skip
+    loaded, skipped = theirs.load_lora_weights(str(exported))
+    assert skipped == [] and len(loaded) == len(load_file(exported / "lora_weights.safetensors"))
+    merged = VoxCPM2Model.from_pretrained(world["root"] / "runs" / "lora" / results["merged_dir"]).train()
+    inputs = batch(json.loads((world["base"] / "config.json").read_text()))
+    torch.manual_seed(5)
+    expected = theirs.train()(**inputs)
+    torch.manual_seed(5)
+    got = merged(**inputs)
+    for key in ("loss/diff", "loss/stop"):  # upstream's model + our adapter == our merged model
+        assert abs(got[key].item() - expected[key].item()) <= 1e-4, key

@@ -128,6 +128,8 @@ class ModelFamily(Protocol):
       weights_dtype(): the dtype the checkpoint ships its weights in (exports are saved in it by default).
       probe(model, seed): float32 outputs on a fixed input of `seed` that runs through every part an adapter can
         touch (peft-wrapped or plain model); the export check compares base+adapter, base, merged and reloaded.
+      export_upstream_adapter(adapter_dir, out), optional: the adapter also in the upstream project's own LoRA
+        format (VoxCPM2: lora_weights.safetensors + lora_config.json); a version gets it beside the peft one.
 
     Listening
       generate(model, text, references, max_new_tokens=, seed=): targets for `text` spoken in the voice of the

@@ -29,7 +29,7 @@ from typing import Literal
 
 from tts_lib.common.config_io import config_to_dict
 from tts_lib.common.errors import DataError
-from tts_lib.common.fileio import atomic_write_json, default_cache_dir, read_json
+from tts_lib.common.fileio import atomic_folder, atomic_write_json, default_cache_dir, read_json
 from tts_lib.data.codes_cache import extract_codes
 from tts_lib.data.manifest import Item, read_manifest, write_manifest
 from tts_lib.data.prepare import prepare_dataset
@@ -178,6 +178,7 @@ def run_plan(plan: Plan, on_metrics=None) -> dict:
         return interrupted(plan.out, plan.out_setting)
     if trained.adapter is not None:
         merge_and_verify(plan, trained)
+    export_upstream_adapter(plan, trained)
     forgetting = check_version_forgetting(plan, trained)
     meta = record_lineage(plan, trained, forgetting, time.monotonic() - started)
     return write_results(plan, trained, forgetting, meta)
@@ -238,6 +239,19 @@ def merge_and_verify(plan: Plan, trained: Trained) -> None:
         report = merge_adapter_folder(trained.last_start.weights, trained.adapter, merged)
         print(f"merged and verified: max |logit diff| {report.max_abs_diff:.2e} <= {report.tolerance:.2e}")
     trained.outputs["merged_dir"] = "merged"
+
+
+def export_upstream_adapter(plan: Plan, trained: Trained) -> None:
+    """The adapter also in the upstream project's own LoRA format, for families that have one (VoxCPM2)."""
+    export = getattr(load_family(trained.last_start.weights), "export_upstream_adapter", None)
+    if trained.adapter is None or export is None:
+        return
+    out = plan.out / "adapter_upstream"
+    if not out.exists():  # written atomically below: an existing folder is a finished one
+        with atomic_folder(out) as tmp:
+            export(trained.adapter, tmp)
+        print(f"adapter in upstream's LoRA format: {out}")
+    trained.outputs["upstream_adapter_dir"] = "adapter_upstream"
 
 
 def check_version_forgetting(plan: Plan, trained: Trained) -> dict | None:

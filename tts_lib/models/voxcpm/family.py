@@ -157,6 +157,12 @@ class VoxCPMFamily:
 
         return probe(model, seed)
 
+    def export_upstream_adapter(self, adapter_dir: str | Path, out: str | Path) -> Path:
+        """The adapter also in upstream VoxCPM's LoRA format (models/voxcpm/upstream_lora.py)."""
+        from tts_lib.models.voxcpm.upstream_lora import export_upstream_lora
+
+        return export_upstream_lora(adapter_dir, out, self.identity())
+
     # ---- listening
     def encode_reference(self, wave: np.ndarray, device: str | torch.device = "cpu") -> Tensor:
         """A reference clip at sample_rate -> its latents (D, F), remembered per clip."""
