@@ -160,5 +160,5 @@ def test_the_family_writes_its_part_of_the_card():
     without card text is named, not silently given Fish Speech's licence."""
     fish = {**META, "base_model": {**META["base_model"], "family": "fish_speech"}}
     assert model_card(fish) == model_card(META)  # versions from before the family was recorded are Fish Speech
-    with pytest.raises(ValueError, match="unknown model family 'voxcpm'; tts_lib knows fish_speech"):
-        model_card({**META, "base_model": {**META["base_model"], "family": "voxcpm"}})
+    with pytest.raises(ValueError, match="unknown model family 'xtts'; tts_lib knows fish_speech, voxcpm"):
+        model_card({**META, "base_model": {**META["base_model"], "family": "xtts"}})
