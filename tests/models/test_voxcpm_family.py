@@ -43,6 +43,12 @@ def finetune(world, name: str, *extra: str) -> dict:
     return json.loads((out / "results.json").read_text())
 
 
+@pytest.fixture(scope="module")
+def lora(world) -> dict:
+    """quick_lora with upstream's LoRA targets, run once for the tests that read it."""
+    return finetune(world, "lora", "--set", "adapter.targets=upstream")
+
+
 def test_the_family_reads_its_folder_and_makes_float_latent_targets(world):
     family = load_family(world["base"])
     assert family.name == "voxcpm" and family.sample_rate == 16000 and family.output_sample_rate == 48000
@@ -79,8 +85,8 @@ def test_generation_follows_a_reference_clip_and_decodes_at_48_khz(world):
     assert wave.dtype == np.float32 and wave.shape == (plain.shape[1] * 1920,)
 
 
-def test_quick_lora_with_upstreams_preset_exports_a_folder_upstream_loads(world):
-    results = finetune(world, "lora", "--set", "adapter.targets=upstream")
+def test_quick_lora_with_upstreams_preset_exports_a_folder_upstream_loads(world, lora):
+    results = lora
     out = world["root"] / "runs" / "lora"
     meta = read_metadata(out)
     assert meta["base_model"]["family"] == "voxcpm" and meta["best_val"]["val_diff_loss"] > 0
@@ -111,10 +117,10 @@ def test_full_and_two_phase_from_the_cli(world):
     assert (world["root"] / "runs" / "two" / two["adapter_dir"] / "adapter_model.safetensors").is_file()
 
 
-def test_the_adapter_in_upstreams_lora_format_loads_with_no_skipped_key_and_acts_the_same(world, tmp_path):
+def test_the_adapter_in_upstreams_lora_format_loads_with_no_skipped_key_and_acts_the_same(world, lora, tmp_path):
     from test_voxcpm_parity import batch
 
-    results = json.loads((world["root"] / "runs" / "lora" / "results.json").read_text())  # the quick_lora run
+    results = lora
     exported = world["root"] / "runs" / "lora" / results["upstream_adapter_dir"]
     saved = json.loads((exported / "lora_config.json").read_text())
     assert saved["lora_config"]["enable_lm"] and saved["lora_config"]["enable_dit"]
@@ -135,3 +141,20 @@ def test_the_adapter_in_upstreams_lora_format_loads_with_no_skipped_key_and_acts
     got = merged(**inputs)
     for key in ("loss/diff", "loss/stop"):  # upstream's model + our adapter == our merged model
         assert abs(got[key].item() - expected[key].item()) <= 1e-4, key
+
+
+def test_adapters_hot_swap_on_one_loaded_voxcpm2(world, lora):
+    from tts_lib.versions.hotswap import AdapterBank
+
+    results = lora
+    bank = AdapterBank(load_family(world["base"]))
+    bank.load("lora", world["root"] / "runs" / "lora" / results["adapter_dir"])
+    adapted = bank.generate("hei maailma", max_new_tokens=8, seed=0)
+    with bank.base_only() as model:
+        plain = bank.family.generate(model, "hei maailma", max_new_tokens=8, seed=0)
+    base = load_family(world["base"])
+    # the base, within float rounding: the DiT under a disabled peft adapter differs from the plain one by ~2e-7
+    # (the LMs' outputs are bitwise equal); noted for a closer look, not yet explained
+    alone = base.generate(base.load_model(), "hei maailma", max_new_tokens=8, seed=0)
+    assert plain.shape == alone.shape and (plain - alone).abs().max() <= 1e-5
+    assert adapted.shape[0] == plain.shape[0] and not torch.equal(adapted[:, :4], plain[:, :4])
