@@ -365,3 +365,27 @@ def test_missing_path_and_wrong_format(tmp_path):
     with pytest.raises(ValueError, match="more than one dataset format: ljspeech .* fish"):
         ingest(root)
     assert ingest(root, "fish").format == "fish"
+
+
+def test_jsonl_ref_audio_is_kept_through_the_manifest_and_checked(tmp_path):
+    """VoxCPM's JSONL names a reference clip per row (`ref_audio`): ingest keeps it (not "fields not used"), the
+    manifest stores it relative to itself, and validation says when the clip is missing."""
+    from tts_lib.data.manifest import read_manifest
+    from tts_lib.data.validate import ValidationConfig, validate_path
+
+    root = tmp_path / "vox"
+    wav(root / "audio" / "a.wav", 0.5)
+    wav(root / "refs" / "voice.wav", 0.5, seed=1)
+    rows = [{"audio": "audio/a.wav", "text": "hei", "ref_audio": "refs/voice.wav"},
+            {"audio": "audio/a.wav", "text": "moi", "id": "b", "ref_audio": "refs/gone.wav"}]  # fmt: skip
+    (root / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    result = ingest(root)
+    assert result.items[0].ref_audio == str(root / "refs" / "voice.wav") and not by_code(result, "ignored_fields")
+    manifest = write_manifest(root / "prepared" / "manifest.jsonl", result.items[:1])
+    assert json.loads(manifest.read_text())["ref_audio"] == str(root / "refs" / "voice.wav")  # outside: absolute
+    manifest = write_manifest(root / "manifest.jsonl", result.items)
+    assert json.loads(manifest.read_text().splitlines()[0])["ref_audio"] == "refs/voice.wav"  # inside: relative
+    assert read_manifest(manifest) == result.items
+    report = validate_path(root / "train.jsonl", ValidationConfig(decode=False))
+    [missing] = [p for p in report.problems if p.code == "missing_ref_audio"]
+    assert missing.item_id == "b" and "refs/gone.wav not found" in missing.message

@@ -217,6 +217,7 @@ def item_from_jsonl(row: dict, folder: Path) -> Item:
         raise ValueError(f"split must be one of {SPLITS} or null, found {split!r}")
     speaker = _field(row, "speaker", (str, int))
     codes = _field(row, "codes", str)
+    ref_audio = _field(row, "ref_audio", str)
     return Item(
         id=_field(row, "id", str) or id_from_path(audio, folder),
         audio=str(audio),
@@ -228,6 +229,7 @@ def item_from_jsonl(row: dict, folder: Path) -> Item:
         channels=_field(row, "channels", int),
         split=split,
         codes=str(resolve(folder, codes)) if codes else None,
+        ref_audio=str(resolve(folder, ref_audio)) if ref_audio and ref_audio.strip() else None,
     )
 
 

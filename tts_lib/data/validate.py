@@ -175,6 +175,8 @@ def check_items(
             )
         else:
             first_with_id[item.id] = item
+        if item.ref_audio and not os.path.isfile(item.ref_audio):
+            add("error", "missing_ref_audio", item, f"reference clip {item.ref_audio} not found")
         if not item.text.strip():
             add("error", "empty_text", item, "transcript is empty or only whitespace")
         elif "\ufffd" in item.text:
