@@ -54,13 +54,16 @@ cd "$(dirname "$0")"
 ROOT=$(pwd)
 # The base-model names of the notebooks and the CLI (README: "Base-model names"), checked before anything is
 # installed; a relative folder is taken from this repository.
+# (tts_lib.models.published_models is the list; tests/test_setup_sh.py checks this copy agrees with it.)
 MODEL_REPO=""
+MODEL_NAME=""
 case "$BASE_MODEL" in
-  auto|openaudio-s1-mini|fishaudio/openaudio-s1-mini) MODEL_REPO=fishaudio/openaudio-s1-mini ;;
+  auto|openaudio-s1-mini|fishaudio/openaudio-s1-mini) MODEL_REPO=fishaudio/openaudio-s1-mini MODEL_NAME=openaudio-s1-mini ;;
+  voxcpm2|openbmb/VoxCPM2) MODEL_REPO=openbmb/VoxCPM2 MODEL_NAME=voxcpm2 ;;
   tiny-demo|demo) DEMO=1 ;;
   *)
     if [ ! -f "$BASE_MODEL/config.json" ]; then
-      echo "BASE_MODEL must be auto, openaudio-s1-mini, tiny-demo or a checkpoint folder with config.json;" \
+      echo "BASE_MODEL must be auto, openaudio-s1-mini, voxcpm2, tiny-demo or a checkpoint folder with config.json;" \
         "found '$BASE_MODEL'" >&2
       exit 2
     fi ;;  # a checkpoint folder on this machine: nothing to download
@@ -153,15 +156,23 @@ elif [ -z "$MODEL_REPO" ]; then
   MODEL_DIR=$(cd "$BASE_MODEL" && pwd)
   echo "base model: $MODEL_DIR (a folder on this machine, used as it is)"
 else
-  MODEL_DIR="checkpoints/${MODEL_REPO##*/}"
+  MODEL_DIR="checkpoints/$MODEL_NAME"
   if [ -z "${HF_TOKEN:-}" ]; then
     echo "HF_TOKEN is not set: trying without a token (gated models will refuse)"
   else
     echo "HF_TOKEN is set (not shown)"
   fi
   download model --repo "$MODEL_REPO" --revision "$MODEL_REVISION" --dest "$MODEL_DIR"
+  if [ "$DL_RC" = "2" ] && [ "$BASE_MODEL" = "auto" ]; then
+    # The default model is gated and this token has no access: a real model beats the random demo.
+    echo "OpenAudio S1-mini is not available with this token: downloading VoxCPM2 instead (openbmb/VoxCPM2," \
+      "Apache-2.0, no token needed; tts_lib's second model family, in progress: docs/voxcpm.md)."
+    echo "For S1-mini: accept its licence as above, then BASE_MODEL=openaudio-s1-mini bash setup.sh"
+    MODEL_REPO=openbmb/VoxCPM2 MODEL_NAME=voxcpm2 MODEL_DIR=checkpoints/voxcpm2
+    download model --repo "$MODEL_REPO" --revision main --dest "$MODEL_DIR"
+  fi
   case "$DL_RC" in
-    0) echo "base model: $MODEL_DIR ($MODEL_REPO@$MODEL_REVISION)" ;;
+    0) echo "base model: $MODEL_DIR ($MODEL_REPO)" ;;
     2) DEMO=1; REASON="no access to $MODEL_REPO (see the steps above)" ;;
     3) DEMO=1; REASON="offline" ;;
     *) DEMO=1; REASON="the download of $MODEL_REPO failed (see above)" ;;

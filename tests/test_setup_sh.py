@@ -24,8 +24,9 @@ COPY_IGNORE = shutil.ignore_patterns(
 )  # fmt: skip
 
 # A stand-in for the hub, installed as sitecustomize.py (run at every interpreter start) over the real
-# huggingface_hub's snapshot_download: STUB_MODE=gated refuses like a gated repository; STUB_MODE=ok serves a
-# model folder and a tiny FLEURS-layout dataset. It records whether the token reached it by the environment.
+# huggingface_hub's snapshot_download: STUB_MODE=gated refuses like a gated repository (gated-fish: only Fish
+# Audio's); STUB_MODE=ok serves a model folder and a tiny FLEURS-layout dataset. It records whether the token
+# reached it by the environment.
 STUB_INIT = """
 import io, os, tarfile
 from pathlib import Path
@@ -36,7 +37,8 @@ from huggingface_hub import errors
 def snapshot_download(*, repo_id, local_dir, allow_patterns, token=None, repo_type=None, **_):
     Path(os.environ["STUB_LOG"]).open("a").write(
         f"{repo_type} {repo_id} env_token={'HF_TOKEN' in os.environ} arg_token={token is not None}\\n")
-    if os.environ["STUB_MODE"] == "gated":
+    mode = os.environ["STUB_MODE"]
+    if mode == "gated" or (mode == "gated-fish" and repo_id.startswith("fishaudio/")):
         e = errors.GatedRepoError.__new__(errors.GatedRepoError)
         Exception.__init__(e, "401 Client Error: access to model is restricted")
         e.response = SimpleNamespace(status_code=401)
@@ -149,7 +151,7 @@ def test_demo_flag_skips_the_hub(sandbox):
 
 @pytest.mark.slow
 def test_gated_refusal_prints_what_to_do_and_continues_in_demo_mode(sandbox):
-    result = run_setup(sandbox, stub="gated", TRAINING_MODE="full")
+    result = run_setup(sandbox, stub="gated", TRAINING_MODE="full", BASE_MODEL="openaudio-s1-mini")
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     for needed in (
@@ -164,6 +166,20 @@ def test_gated_refusal_prints_what_to_do_and_continues_in_demo_mode(sandbox):
     assert ready(sandbox)["demo"] == "1" and ready(sandbox)["training_mode"] == "full"
     log = (sandbox.parent / "stub.log").read_text()
     assert "env_token=True arg_token=False" in log  # the token reaches Python by the environment only
+    assert_token_nowhere(sandbox.parent, result)
+
+
+@pytest.mark.slow
+def test_without_access_to_s1_mini_auto_takes_voxcpm2_and_says_so(sandbox):
+    result = run_setup(sandbox, stub="gated-fish")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "downloading VoxCPM2 instead" in result.stdout and "BASE_MODEL=openaudio-s1-mini" in result.stdout
+    marker = ready(sandbox)
+    assert marker["demo"] == "0" and marker["base_model_dir"] == "checkpoints/voxcpm2"
+    downloaded = {p.name for p in (sandbox / "checkpoints" / "voxcpm2").iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= downloaded
+    log = (sandbox.parent / "stub.log").read_text()
+    assert "model fishaudio/openaudio-s1-mini" in log and "model openbmb/VoxCPM2" in log
     assert_token_nowhere(sandbox.parent, result)
 
 
@@ -213,7 +229,7 @@ def test_tiny_demo_is_a_base_model_name_here_too(sandbox, name):
 def test_an_unknown_base_model_is_refused_with_the_names(sandbox):
     result = run_setup(sandbox, BASE_MODEL="fish-speech-2")
     assert result.returncode == 2
-    assert "BASE_MODEL must be auto, openaudio-s1-mini, tiny-demo or a checkpoint folder" in result.stderr
+    assert "BASE_MODEL must be auto, openaudio-s1-mini, voxcpm2, tiny-demo or a checkpoint folder" in result.stderr
     assert "fish-speech-2" in result.stderr and not (sandbox / ".setup-ready").exists()
 
 
@@ -251,12 +267,15 @@ def test_setup_sh_knows_every_released_checkpoint_the_registry_lists():
     from tts_lib.models import published_models
 
     script = (ROOT / "setup.sh").read_text()
-    cases = {}
+    cases, folders = {}, {}
     for line in script.splitlines():
-        if ") MODEL_REPO=" in line:
-            names, repo = line.strip().split(") MODEL_REPO=")
-            cases.update({name: repo.split()[0] for name in names.split("|")})
+        if ") MODEL_REPO=" in line:  # NAMES) MODEL_REPO=repo MODEL_NAME=name ;;
+            names, assignments = line.strip().split(") MODEL_REPO=")
+            repo, name = assignments.split()[0], assignments.split("MODEL_NAME=")[1].split()[0]
+            cases.update({n: repo for n in names.split("|")})
+            folders[repo] = name  # checkpoints/<name>: where resolve_base_model looks for it
     for model in published_models():
         assert cases.get(model.name) == cases.get(model.repo) == model.repo, model
+        assert folders[model.repo] == model.name, model
     assert cases["auto"] == published_models()[0].repo
     assert set(cases) == {"auto"} | {n for m in published_models() for n in (m.name, m.repo)}

@@ -126,7 +126,7 @@ def test_fish_speech_1_5_is_not_supported_yet(root):
 
 
 def test_a_folder_path_must_be_a_checkpoint(root, tmp_path):
-    with pytest.raises(FileNotFoundError, match="auto, tiny-demo, openaudio-s1-mini or a checkpoint folder"):
+    with pytest.raises(FileNotFoundError, match="auto, tiny-demo, openaudio-s1-mini, voxcpm2 or a checkpoint folder"):
         resolve_base_model(str(tmp_path / "nowhere"), root)
     folder = checkpoint(tmp_path / "ckpt")
     assert resolve_base_model("ckpt", root, relative_to=tmp_path) == folder

@@ -130,8 +130,8 @@ def resolve_base_model(name: str, root: Path | None = None, relative_to: Path | 
     folder = resolve_path(name, relative_to or Path.cwd())
     if not (folder / "config.json").is_file():
         raise MissingInputError(
-            f"base_model {name!r}: expected one of {', '.join(BASE_MODEL_NAMES)} or a checkpoint folder with "
-            f"config.json, model.pth and the tokenizer files; {folder} has no config.json"
+            f"base_model {name!r}: expected one of {', '.join(BASE_MODEL_NAMES)} or a checkpoint folder in its "
+            f"model's upstream layout (config.json names the model); {folder} has no config.json"
         )
     return folder
 

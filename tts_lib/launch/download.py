@@ -169,18 +169,24 @@ def download_model(
     """The checkpoint folder `dest` from `repo_id` at `revision`: the files the registry lists for that released
     checkpoint (an unknown repository: the default model's layout); skipped when already there."""
     published = published_model(repo_id) or DEFAULT_MODEL
-    files = published.files
+    patterns = [name for entry in published.files for name in entry.split("|")] + list(published.optional)
     dest = Path(dest or Path("checkpoints") / repo_id.split("/")[-1])
     record = {"repo_id": repo_id, "revision": revision, "repo_type": "model"}
-    if _done(dest, record) and all((dest / f).is_file() for f in files):
+
+    def absent() -> list[str]:
+        return [entry for entry in published.files if not any((dest / f).is_file() for f in entry.split("|"))]
+
+    if _done(dest, record) and not absent():
         print(f"{dest}: {repo_id}@{revision} already downloaded")
         return dest
     dest.mkdir(parents=True, exist_ok=True)
-    _snapshot(repo_id, revision, dest, list(files), token, "model")
-    missing = [f for f in files if not (dest / f).is_file()]
+    _snapshot(repo_id, revision, dest, patterns, token, "model")
+    missing = absent()
     if missing:
         raise DownloadError(
-            "error", f"{repo_id}@{revision} has no {', '.join(missing)}: not a complete {published.title} folder"
+            "error",
+            f"{repo_id}@{revision} has no {', '.join(m.replace('|', ' or ') for m in missing)}: not a complete "
+            f"{published.title} folder",
         )
     _mark_done(dest, record)
     print(f"{dest}: {repo_id}@{revision} downloaded")

@@ -175,9 +175,10 @@ class PublishedModel:
 
     name: str  # the base-model name, e.g. "openaudio-s1-mini"
     repo: str  # its Hugging Face model repository
-    files: tuple[str, ...]  # what a complete checkpoint folder holds: downloaded, then checked
+    files: tuple[str, ...]  # what a complete folder holds, downloaded then checked; "a|b": either will do
     title: str  # for people, e.g. "OpenAudio S1-mini"
     gated: bool = False  # True: the hub asks for an accepted licence and HF_TOKEN
+    optional: tuple[str, ...] = ()  # downloaded when the repository has them
 
 
 @dataclass(frozen=True)
@@ -229,8 +230,18 @@ register_family(
 
 
 register_family(
-    FamilyEntry("voxcpm", "voxcpm2", "tts_lib.models.voxcpm.registry", "VoxCPM2 (OpenBMB)", config_key="architecture")
-)  # its released checkpoint joins `published` when the family trains end to end (issue 14)
+    FamilyEntry(
+        "voxcpm", "voxcpm2", "tts_lib.models.voxcpm.registry", "VoxCPM2 (OpenBMB)", config_key="architecture",
+        # The hub folder's files as upstream's loader reads them (either weights format); the exact listing of
+        # openbmb/VoxCPM2 has not been seen from the build machine, hence the alternatives.
+        published=(
+            PublishedModel("voxcpm2", "openbmb/VoxCPM2",
+                           ("config.json", "model.safetensors|pytorch_model.bin", "audiovae.safetensors|audiovae.pth",
+                            "tokenizer.json"),
+                           "VoxCPM2", optional=("tokenizer_config.json", "special_tokens_map.json")),
+        ),
+    )
+)  # fmt: skip
 
 
 def published_models() -> list[PublishedModel]:

@@ -41,11 +41,10 @@ class AudioVAEConfig:
 
     @classmethod
     def from_dict(cls, raw: dict | None) -> AudioVAEConfig:
+        """The VAE's settings from config.json's audio_vae_config (None: the defaults, as upstream). Keys this
+        reader does not know are ignored, as upstream ignores them (VoxCPM2Config keeps them in the file)."""
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw or {}) - known)
-        if unknown:
-            raise ValueError(f"audio_vae_config: unknown keys {unknown}; known: {sorted(known)}")
-        return cls(**(raw or {}))
+        return cls(**{k: v for k, v in (raw or {}).items() if k in known})
 
 
 class WNConv(nn.Module):
