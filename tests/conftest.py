@@ -37,6 +37,19 @@ def audio_file():
     return write_audio
 
 
+DEMO = Path(__file__).resolve().parent.parent / "data" / "demo"
+
+
+def copy_clips(dst: Path, speaker: str, numbers: range) -> None:
+    """Clips `numbers` of a data/demo speaker (audio and .lab) into dst/<speaker>/, Fish Speech layout."""
+    import shutil
+
+    (dst / speaker).mkdir(parents=True, exist_ok=True)
+    for n in numbers:
+        for ext in (".flac", ".lab"):
+            shutil.copy(DEMO / speaker / f"{speaker}_{n:03d}{ext}", dst / speaker)
+
+
 def byte_level_ranks(merged_words: list[str]) -> dict[bytes, int]:
     """256 single bytes, all lowercase Latin letter pairs, then whole words: Latin encodes in few
     tokens, any script without merges falls apart into its UTF-8 bytes."""

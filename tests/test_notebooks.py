@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
+from conftest import DEMO, copy_clips
 
 from tts_lib.launch.demo import ipc_kernel_manager
 from tts_lib.listening.players import EVAL_SENTENCES
@@ -21,20 +22,12 @@ from tts_lib.listening.players import EVAL_SENTENCES
 papermill = pytest.importorskip("papermill")
 
 ROOT = Path(__file__).resolve().parent.parent
-DEMO = ROOT / "data" / "demo"
 pytestmark = pytest.mark.slow  # two to four minutes on two CPU cores: five kernels, three short fine-tunes
 
 # Four steps each, small batches, short samples; only the first run times steps for the estimate. The base model
 # is named: "auto" would follow whatever setup.sh prepared in this checkout.
 FAST = {"max_steps": 4, "speaker_max_steps": 4, "max_tokens": 512, "estimate_steps": 0, "listen_frames": 8,
         "base_model": "tiny-demo"}  # fmt: skip
-
-
-def copy_clips(dst: Path, speaker: str, numbers: range) -> None:
-    (dst / speaker).mkdir(parents=True, exist_ok=True)
-    for n in numbers:
-        for ext in (".flac", ".lab"):
-            shutil.copy(DEMO / speaker / f"{speaker}_{n:03d}{ext}", dst / speaker)
 
 
 def execute(notebook: str, out: Path, root: Path = ROOT, **parameters) -> str:

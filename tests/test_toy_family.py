@@ -4,13 +4,13 @@ incremental, export with verification, hot-swap and listening."""
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 import toy_family
+from conftest import DEMO, copy_clips
 from safetensors.torch import load_file
 from toy_family import ToyLM, registered
 
@@ -24,15 +24,6 @@ from tts_lib.versions.finetune import FinetuneConfig, run_finetune
 from tts_lib.versions.hotswap import AdapterBank
 from tts_lib.versions.lineage import read_metadata
 from tts_lib.versions.upstream_lora import import_upstream_lora
-
-DEMO = Path(__file__).resolve().parent.parent / "data" / "demo"
-
-
-def copy_clips(dst: Path, speaker: str, numbers: range) -> None:
-    (dst / speaker).mkdir(parents=True, exist_ok=True)
-    for n in numbers:
-        for ext in (".flac", ".lab"):
-            shutil.copy(DEMO / speaker / f"{speaker}_{n:03d}{ext}", dst / speaker)
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,11 @@ upstream's own loader reads with every key."""
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import copy_clips
 from safetensors.torch import load_file
 from upstream import upstream_voxcpm
 
@@ -17,18 +17,13 @@ from tts_lib.models import VoiceReference, load_family, make_tiny_checkpoint
 from tts_lib.models.voxcpm import VoxCPM2Model
 from tts_lib.versions.lineage import read_metadata
 
-DEMO = Path(__file__).resolve().parents[2] / "data" / "demo"
-
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("voxcpm-world")
     data = root / "data"
-    for speaker, numbers in (("fi_female", range(1, 8)), ("fi_male", range(1, 5))):
-        (data / speaker).mkdir(parents=True)
-        for n in numbers:
-            for ext in (".flac", ".lab"):
-                shutil.copy(DEMO / speaker / f"{speaker}_{n:03d}{ext}", data / speaker)
+    copy_clips(data, "fi_female", range(1, 8))
+    copy_clips(data, "fi_male", range(1, 5))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TTS_LIB_CACHE", str(root / "cache"))
         yield {"root": root, "base": make_tiny_checkpoint(root / "tiny-voxcpm", family="voxcpm"), "data": data}

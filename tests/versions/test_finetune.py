@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import copy_clips
 from safetensors.torch import load_file
 
 from tts_lib.data.manifest import read_manifest
@@ -25,14 +26,6 @@ from tts_lib.versions.finetune import FinetuneConfig, run_finetune
 from tts_lib.versions.lineage import read_metadata
 
 ROOT = Path(__file__).resolve().parents[2]
-DEMO = ROOT / "data" / "demo"
-
-
-def copy_clips(dst: Path, speaker: str, numbers: range) -> None:
-    (dst / speaker).mkdir(parents=True, exist_ok=True)
-    for n in numbers:
-        for ext in (".flac", ".lab"):
-            shutil.copy(DEMO / speaker / f"{speaker}_{n:03d}{ext}", dst / speaker)
 
 
 @pytest.fixture(scope="module")

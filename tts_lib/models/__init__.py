@@ -134,7 +134,7 @@ class ModelFamily(Protocol):
     Listening
       generate(model, text, references, max_new_tokens=, seed=): targets for `text` spoken in the voice of the
         VoiceReference clips (none: the model's own choice), at most max_new_tokens frames, the same for the same
-        seed; decode(targets): a float32 wave at sample_rate (empty for no frames).
+        seed; decode(targets): a float32 wave at output_sample_rate (empty for no frames).
       text_encoder(): the model's tokenizer (`encode(text) -> ids`): validation reports how many tokens each
         script costs, so a language the tokenizer barely knows shows before training.
     """
@@ -189,7 +189,7 @@ class FamilyEntry:
       make_tiny_checkpoint(out, seed, overwrite) a tiny random checkpoint in the upstream layout (tests, demo)
       card_text(merged, adapter, random)       the family's parts of a model card (see `card_text` below)
       reference_shape()                        the PlanningShape of the model it is mostly fine-tuned from
-      gpu_speeds(device, precision, smoke)     optional: gpu-check's family figures (codec, generation speed)
+      gpu_speeds(device, dtype, smoke, work, timed) optional: gpu-check's family figures (codec, generation)
     """
 
     name: str  # what metadata.json records as base_model.family

@@ -3,7 +3,6 @@ speed, on random weights of S1-mini's shape (the tiny shapes with --smoke). Weig
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import torch
@@ -14,21 +13,12 @@ from tts_lib.models.fish_speech.generate import generate
 from tts_lib.models.fish_speech.lm import FishSpeechLM
 from tts_lib.models.fish_speech.tiny import make_tiny_checkpoint
 
-
-def timed(device: torch.device, fn: Callable[[], object], repeats: int) -> float:
-    """Seconds per call of `fn` after one warm-up call."""
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - start) / repeats
+Timer = Callable[[torch.device, Callable[[], object], int], float]  # gpu_check.timed: seconds per call
 
 
-def codec_speed(config: FishCodecConfig, device: torch.device, seconds_of_audio: float, repeats: int) -> dict:
+def codec_speed(
+    timed: Timer, config: FishCodecConfig, device: torch.device, seconds_of_audio: float, repeats: int
+) -> dict:
     """Seconds to encode an hour of audio with a random codec of this shape."""
     codec = FishCodec(config).to(device).eval()
     waves = [torch.randn(int(seconds_of_audio * codec.sample_rate), device=device) * 0.1 for _ in range(4)]
@@ -37,7 +27,9 @@ def codec_speed(config: FishCodecConfig, device: torch.device, seconds_of_audio:
     return {"seconds_per_hour_of_audio": seconds / (4 * seconds_of_audio / 3600)}
 
 
-def generation_speed(config: FishSpeechConfig, device: torch.device, dtype: torch.dtype, frames: int) -> dict:
+def generation_speed(
+    timed: Timer, config: FishSpeechConfig, device: torch.device, dtype: torch.dtype, frames: int
+) -> dict:
     """Codec frames per second of KV-cached generation from a short prompt."""
     begin = config.vocab_size - config.codebook_size
     model = FishSpeechLM(config, semantic_begin_id=begin).to(device=device, dtype=dtype).eval()
@@ -50,14 +42,15 @@ def generation_speed(config: FishSpeechConfig, device: torch.device, dtype: torc
     return {"frames_per_s": made[-1].shape[1] / seconds, "frames": made[-1].shape[1]}
 
 
-def gpu_speeds(device: torch.device, dtype: torch.dtype, smoke: bool, work) -> dict[str, dict]:
-    """{"codec": ..., "generation": ...} at S1-mini's shapes (smoke: the tiny model's, on the CPU)."""
+def gpu_speeds(device: torch.device, dtype: torch.dtype, smoke: bool, work, timed: Timer) -> dict[str, dict]:
+    """{"codec": ..., "generation": ...} at S1-mini's shapes (smoke: the tiny model's, on the CPU), each call
+    timed with gpu-check's `timed` (after a warm-up call, synchronised)."""
     if smoke:
         config = FishSpeechConfig.from_file(make_tiny_checkpoint(work / "fish-tiny") / "config.json")
         codec = FishCodecConfig.tiny()
     else:
         config, codec = FishSpeechConfig(**S1_MINI_CONFIG), FishCodecConfig()
     return {
-        "codec": codec_speed(codec, device, 1.0 if smoke else 30.0, 1 if smoke else 2),
-        "generation": generation_speed(config, device, dtype, 8 if smoke else 200),
+        "codec": codec_speed(timed, codec, device, 1.0 if smoke else 30.0, 1 if smoke else 2),
+        "generation": generation_speed(timed, config, device, dtype, 8 if smoke else 200),
     }
