@@ -88,6 +88,8 @@ def test_quick_lora_trains_merges_verifies_and_packages(toy, v1):
     assert "A toy-family fine-tune" in (out / v1["merged_dir"] / "README.md").read_text()
     assert (out / v1["package"]).is_file()
     assert v1["metrics"]["lora"]["best_val_latent_loss"] == meta["best_val"]["val_latent_loss"]
+    peft = json.loads((out / v1["adapter_dir"] / "adapter_config.json").read_text())  # r, alpha, targets unset:
+    assert (peft["r"], peft["lora_alpha"], sorted(peft["target_modules"])) == (4, 4, ["head", "proj_in", "proj_out"])
 
 
 def test_full_and_two_phase_modes(toy):

@@ -43,6 +43,7 @@ TINY = {"model_type": "toy_latent", "dim": 16, "latent_dim": 3, "layers": 2, "sa
 class ToyLM(nn.Module):
     module_roles = ModuleRoles(
         adapter_presets={"attention_mlp": ["proj_in", "proj_out"], "all_linear": ["proj_in", "proj_out", "head"]},
+        adapter_defaults={"r": 4, "lora_alpha": 4, "lora_dropout": 0.0, "targets": "all_linear"},  # its own recipe
         text_embeddings="text_embeddings", embeddings=frozenset({"text_embeddings"}), heads=frozenset({"head"}),
         layer_pattern=r"layers\.(\d+)\.",
     )  # fmt: skip
@@ -135,6 +136,7 @@ class ToyPlanningShape:
 
 class Family:
     name = "toy"
+    module_roles = ToyLM.module_roles
     selection_metric = "val_latent_loss"
 
     def __init__(self, folder: str | Path):

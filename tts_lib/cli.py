@@ -308,10 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="default: recommended from the data")
     p.add_argument("--lr", type=float, help="full-weight lr (default 1e-5; incremental: a tenth of the parent's)")
     p.add_argument("--lora-lr", type=float, help="adapter lr (default 1e-4; incremental: a tenth of the parent's)")
-    p.add_argument("--lora-r", type=int)
-    p.add_argument("--lora-alpha", type=int)
+    p.add_argument("--lora-r", type=int, help="adapter rank (default: the model family's recipe)")
+    p.add_argument("--lora-alpha", type=int, help="adapter scale alpha / r (default: the model family's recipe)")
     p.add_argument("--adapter", choices=["lora", "dora"])
-    p.add_argument("--targets", choices=["attention_mlp", "upstream", "fast_only"])
+    p.add_argument("--targets", help="an adapter preset of the model's family (default: the family's recipe; "
+                   "a name it does not have is refused with the list)")
     p.add_argument("--save-every", type=int)
     p.add_argument("--val-every", type=int)
     p.add_argument("--max-tokens", type=max_tokens_arg,

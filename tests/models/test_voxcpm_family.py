@@ -33,15 +33,15 @@ def finetune(world, name: str, *extra: str) -> dict:
     out = world["root"] / "runs" / name
     args = ["finetune", "--base-model", str(world["base"]), "--data", str(world["data"]), "--out", str(out),
             "--max-steps", "3", "--val-every", "3", "--save-every", "3", "--max-tokens", "512",
-            "--set", "estimate_steps=1", "--set", "adapter.lora_dropout=0.0", *extra]  # fmt: skip
+            "--set", "estimate_steps=1", *extra]  # fmt: skip
     assert main(args) == 0
     return json.loads((out / "results.json").read_text())
 
 
 @pytest.fixture(scope="module")
 def lora(world) -> dict:
-    """quick_lora with upstream's LoRA targets, run once for the tests that read it."""
-    return finetune(world, "lora", "--set", "adapter.targets=upstream")
+    """quick_lora with no adapter setting (the family's recipe: upstream's), run once for the tests that read it."""
+    return finetune(world, "lora")
 
 
 def test_the_family_reads_its_folder_and_makes_float_latent_targets(world):
@@ -87,6 +87,8 @@ def test_quick_lora_with_upstreams_preset_exports_a_folder_upstream_loads(world,
     assert meta["base_model"]["family"] == "voxcpm" and meta["best_val"]["val_diff_loss"] > 0
     config = json.loads((out / results["adapter_dir"] / "adapter_config.json").read_text())
     assert config["target_modules"].endswith(r"\.self_attn\.(q_proj|k_proj|v_proj|o_proj)")
+    assert (config["r"], config["lora_alpha"], config["lora_dropout"]) == (32, 32, 0.0)  # upstream's recipe
+    assert meta["hyperparameters"]["r"] == 32 and meta["hyperparameters"]["targets"] == "upstream"
     adapted = {k.split(".lora_A")[0] for k in load_file(out / results["adapter_dir"] / "adapter_model.safetensors")
                if ".lora_A" in k}  # fmt: skip
     assert any("feat_decoder.estimator.decoder" in k for k in adapted) and not any("feat_encoder" in k for k in adapted)
@@ -119,6 +121,7 @@ def test_the_adapter_in_upstreams_lora_format_loads_with_no_skipped_key_and_acts
     exported = world["root"] / "runs" / "lora" / results["upstream_adapter_dir"]
     saved = json.loads((exported / "lora_config.json").read_text())
     assert saved["lora_config"]["enable_lm"] and saved["lora_config"]["enable_dit"]
+    assert (saved["lora_config"]["r"], saved["lora_config"]["alpha"]) == (32, 32)
     assert saved["base_model"] == load_family(world["base"]).identity()
     u = upstream_voxcpm()
     base = shutil.copytree(world["base"], tmp_path / "base")  # upstream computes in the config's dtype: fp32 here

@@ -125,10 +125,15 @@ def test_a_config_without_a_required_part_is_one_clear_error(missing):
 
 
 def test_unknown_config_keys_are_kept_and_written_back():
-    raw = {**TINY, "new_top": 1, "lm_config": {**TINY["lm_config"], "new_lm": 2}}
+    raw = {**TINY, "new_top": 1, "lm_config": {**TINY["lm_config"], "new_lm": 2},
+           "dit_config": {**TINY["dit_config"], "mean_mode": False,
+                          "cfm_config": {**TINY["dit_config"]["cfm_config"], "new_cfm": 3}}}  # fmt: skip
     config = VoxCPM2Config.from_dict(copy.deepcopy(raw))
-    assert config.unknown_keys == ["architecture", "lm_config.new_lm", "new_top"]
-    assert config.to_dict()["lm_config"]["new_lm"] == 2 and config.to_dict()["new_top"] == 1
+    assert config.unknown_keys == ["architecture", "dit_config.cfm_config.new_cfm", "dit_config.mean_mode",
+                                   "lm_config.new_lm", "new_top"]  # fmt: skip
+    written = config.to_dict()
+    assert written["lm_config"]["new_lm"] == 2 and written["new_top"] == 1
+    assert written["dit_config"]["mean_mode"] is False and written["dit_config"]["cfm_config"]["new_cfm"] == 3
 
 
 VAE = {"encoder_dim": 4, "encoder_rates": [2, 2], "latent_dim": 8, "decoder_dim": 16, "decoder_rates": [3, 2, 2],
@@ -201,6 +206,29 @@ def test_a_folder_with_missing_or_extra_weights_is_refused_naming_them(tiny_fold
     (bad / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="expected the model's weights .model.safetensors or pytorch_model"):
         VoxCPM2Model.from_pretrained(bad)
+
+
+def test_a_hub_tokenizer_config_naming_its_own_class_loads_without_running_its_code_and_is_exported(
+    tiny_folder, tmp_path
+):
+    """The hub's tokenizer_config.json names VoxCPM2Tokenizer in tokenization_voxcpm2.py (remote code): we read
+    tokenizer.json as upstream does, never import that file, and copy it into an export unchanged."""
+    import json
+    import shutil
+
+    from tts_lib.models.voxcpm.tokenizer import VoxCPMTokenizer
+
+    hub = tmp_path / "hub"
+    shutil.copytree(tiny_folder, hub)
+    config = json.loads((hub / "tokenizer_config.json").read_text())
+    config.update(tokenizer_class="VoxCPM2Tokenizer",
+                  auto_map={"AutoTokenizer": ["tokenization_voxcpm2.VoxCPM2Tokenizer", None]})  # fmt: skip
+    (hub / "tokenizer_config.json").write_text(json.dumps(config))
+    (hub / "tokenization_voxcpm2.py").write_text("raise RuntimeError('remote code ran')\n")
+    assert VoxCPMTokenizer.from_folder(hub).encode("hyvää") == VoxCPMTokenizer.from_folder(tiny_folder).encode("hyvää")
+    saved = VoxCPM2Model.from_pretrained(hub).save_pretrained(tmp_path / "saved")
+    for name in ("tokenization_voxcpm2.py", "tokenizer_config.json"):
+        assert (saved / name).read_bytes() == (hub / name).read_bytes()
 
 
 def test_the_tokenizer_splits_cjk_words_like_upstream(tiny_folder):

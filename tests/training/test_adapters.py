@@ -203,3 +203,16 @@ def test_merged_weights_compute_what_base_plus_adapter_computes(prepared, tmp_pa
         merged = merge(model)(x)[0]
     assert not torch.allclose(adapted, base)  # the adapter changes the output...
     torch.testing.assert_close(merged, adapted, atol=1e-5, rtol=1e-4)  # ...and merging keeps that change
+
+
+def test_unset_adapter_settings_are_the_familys_recipe_and_set_ones_are_kept():
+    from tts_lib.models.fish_speech.lm import FishSpeechLM
+    from tts_lib.models.voxcpm import VoxCPM2Model
+    from tts_lib.training.adapters import resolve_adapter
+
+    fish = resolve_adapter(AdapterConfig(), FishSpeechLM.module_roles)
+    assert (fish.r, fish.lora_alpha, fish.lora_dropout, fish.targets) == (8, 16, 0.01, "attention_mlp")
+    vox = resolve_adapter(AdapterConfig(r=16, kind="dora"), VoxCPM2Model.module_roles)
+    assert (vox.r, vox.lora_alpha, vox.lora_dropout, vox.targets, vox.kind) == (16, 32, 0.0, "upstream", "dora")
+    with pytest.raises(ValueError, match="r must be >= 1"):
+        AdapterConfig(r=0)

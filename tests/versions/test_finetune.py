@@ -20,7 +20,7 @@ from tts_lib.data.manifest import read_manifest
 from tts_lib.models import load_family
 from tts_lib.models.fish_speech.lm import FishSpeechLM
 from tts_lib.models.fish_speech.tiny import make_tiny_checkpoint
-from tts_lib.training.adapters import AdapterConfig
+from tts_lib.training.adapters import AdapterConfig, resolve_adapter
 from tts_lib.versions import cost
 from tts_lib.versions.finetune import FinetuneConfig, run_finetune
 from tts_lib.versions.lineage import read_metadata
@@ -220,7 +220,9 @@ def test_parent_kinds_are_detected(world, v1):
     from tts_lib.versions.parents import resolve_start
 
     base = world["base"]
-    args = (world["project"], base, load_family(base).identity(), "quick_lora", AdapterConfig(lora_dropout=0.0), "auto")
+    family = load_family(base)
+    adapter = resolve_adapter(AdapterConfig(lora_dropout=0.0), family.module_roles)  # as plan_finetune passes it
+    args = (world["project"], base, family.identity(), "quick_lora", adapter, "auto")
     merged_dir, adapter_dir = at(world, "v1", v1["merged_dir"]), at(world, "v1", v1["adapter_dir"])
     merged = resolve_start(str(merged_dir), *args, world["root"])  # a model folder: trained from as a base
     assert merged.kind == "model" and merged.weights == merged_dir and merged.init_adapter is None

@@ -78,12 +78,18 @@ class PlanningShape(Protocol):
     def loss_parts(self, model: Any, batch: dict[str, Any]) -> LossParts: ...
 
 
+# The adapter settings a family without a recipe of its own gets: Fish Speech's upstream LoRA recipe.
+HOUSE_ADAPTER = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.01, "targets": "attention_mlp"}
+
+
 @dataclass(frozen=True)
 class ModuleRoles:
     """Which of a model's modules play which part, by name: what adapters and the optimiser's groups need. The
     model a family loads carries its roles as the class attribute `module_roles` (tts_lib.models.module_roles)."""
 
     adapter_presets: dict[str, list[str] | str] = field(default_factory=dict)  # preset -> peft target_modules
+    # The family's LoRA recipe: what an AdapterConfig field left unset (None) becomes (tts_lib.training.adapters)
+    adapter_defaults: dict[str, Any] = field(default_factory=lambda: dict(HOUSE_ADAPTER))
     text_embeddings: str | None = None  # the module `train_embeddings` trains fully (new-language tokens)
     embeddings: frozenset[str] = frozenset()  # name parts of embedding tables: their own lr (embedding_lr)
     heads: frozenset[str] = frozenset()  # name parts of output heads: their own lr (head_lr)
@@ -117,6 +123,8 @@ class ModelFamily(Protocol):
         A sample's `length` is its positions (what max_tokens counts); it equals sequence_length(text, frames).
 
     Training
+      module_roles: the ModuleRoles of the model load_model returns (adapter presets and the LoRA recipe, read
+        before any weights are: a run records the adapter settings it will train with).
       loss_parts(model, batch): LossParts with named components (sums and supervised counts, not means), so the
         loop normalises each over a whole update; supervised_counts(model, batch) returns the same counts
         without a forward pass. selection_metric ("val_<component>_loss" or a score; lower is better) is what
@@ -146,6 +154,7 @@ class ModelFamily(Protocol):
     output_sample_rate: int
     frame_rate: float
     max_seq_len: int
+    module_roles: ModuleRoles
 
     def load_model(self, device: Any = "cpu", dtype: Any = None) -> Any: ...
     def identity(self) -> dict[str, str]: ...
@@ -232,13 +241,15 @@ register_family(
 register_family(
     FamilyEntry(
         "voxcpm", "voxcpm2", "tts_lib.models.voxcpm.registry", "VoxCPM2 (OpenBMB)", config_key="architecture",
-        # The hub folder's files as upstream's loader reads them (either weights format); the exact listing of
-        # openbmb/VoxCPM2 has not been seen from the build machine, hence the alternatives.
+        # The hub folder's files as upstream's loader reads them (either weights format; public ports of VoxCPM2
+        # name model.safetensors, audiovae.pth and the tokenizer files, but the listing itself has not been seen
+        # from the build machine, hence the alternatives).
         published=(
             PublishedModel("voxcpm2", "openbmb/VoxCPM2",
                            ("config.json", "model.safetensors|pytorch_model.bin", "audiovae.safetensors|audiovae.pth",
                             "tokenizer.json"),
-                           "VoxCPM2", optional=("tokenizer_config.json", "special_tokens_map.json")),
+                           "VoxCPM2",
+                           optional=("tokenizer_config.json", "special_tokens_map.json", "tokenization_voxcpm2.py")),
         ),
     )
 )  # fmt: skip

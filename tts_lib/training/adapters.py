@@ -14,6 +14,7 @@ step of lr 1e-4 on a bf16 weight would mostly round to nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,24 +35,36 @@ PEFT_WEIGHTS = "adapter_model.safetensors"
 
 @dataclass
 class AdapterConfig:
+    """r, lora_alpha, lora_dropout and targets left unset (None) are the model family's recipe (its
+    ModuleRoles.adapter_defaults): Fish Speech r 8, alpha 16, dropout 0.01 on attention_mlp; VoxCPM2 r 32,
+    alpha 32, dropout 0 on upstream, as upstream's recipes. A run records the values it trained with."""
+
     kind: Literal["lora", "dora"] = "lora"  # dora: weight-decomposed LoRA, a little slower, often closer to full
-    r: int = 8  # rank; upstream recipe
-    lora_alpha: int = 16  # scale = lora_alpha / r; upstream recipe
-    lora_dropout: float = 0.01  # upstream recipe
-    # a preset of the model's family (ModuleRoles.adapter_presets); Fish Speech: attention_mlp (attention + MLP
-    # of both transformers), upstream (also embeddings and heads, as upstream's r_8_alpha_16), fast_only
-    targets: str = "attention_mlp"
+    r: int | None = None  # rank; None: the family's recipe
+    lora_alpha: int | None = None  # scale = lora_alpha / r; None: the family's recipe
+    lora_dropout: float | None = None  # None: the family's recipe
+    # a preset of the model's family (ModuleRoles.adapter_presets); None: the family's recipe. Fish Speech:
+    # attention_mlp (attention + MLP of both transformers), upstream (also embeddings and heads, as upstream's
+    # r_8_alpha_16), fast_only; VoxCPM2: upstream (q/k/v/o of both LMs and the DiT), attention_mlp
+    targets: str | None = None
     train_embeddings: bool = False  # also fully train the text token embeddings (new-language tokens); own lr in optim
 
     def __post_init__(self) -> None:
-        if self.r < 1 or self.lora_alpha <= 0:
+        if (self.r is not None and self.r < 1) or (self.lora_alpha is not None and self.lora_alpha <= 0):
             raise ValueError(f"adapter r must be >= 1 and lora_alpha > 0, found r={self.r}, alpha={self.lora_alpha}")
-        if not 0.0 <= self.lora_dropout < 1.0:
+        if self.lora_dropout is not None and not 0.0 <= self.lora_dropout < 1.0:
             raise ValueError(f"adapter lora_dropout must be in [0, 1), found {self.lora_dropout}")
 
 
+def resolve_adapter(config: AdapterConfig, roles: ModuleRoles) -> AdapterConfig:
+    """`config` with each unset field taken from the family's recipe (`roles` of the model it adapts)."""
+    unset = {k: v for k, v in roles.adapter_defaults.items() if getattr(config, k) is None}
+    return dataclasses.replace(config, **unset)
+
+
 def peft_config(config: AdapterConfig, roles: ModuleRoles) -> LoraConfig:
-    """peft's LoraConfig for `config` on a model with `roles` (its family's presets and text embeddings)."""
+    """peft's LoraConfig for `config` on a model with `roles` (its family's presets, recipe and text embeddings)."""
+    config = resolve_adapter(config, roles)
     if config.targets not in roles.adapter_presets:
         raise ValueError(f"adapter targets {config.targets!r} is not a preset of this model; its presets: "
                          f"{', '.join(roles.adapter_presets) or 'none'}")  # fmt: skip

@@ -35,6 +35,7 @@ from tts_lib.training.adapters import (
     check_continuable,
     keep_autocast_inputs,
     load_adapter_weights,
+    resolve_adapter,
     save_adapter,
 )
 from tts_lib.training.device import auto_max_tokens, pick_device
@@ -221,6 +222,8 @@ def train(config: TrainConfig, on_metrics: Callable[[dict], None] | None = None)
     state = ckpt.load_checkpoint(latest) if latest is not None else None
     if config.max_tokens == "auto":
         config = resolve_auto_tokens(config, family, device, amp_dtype, state, say)
+    if config.adapter is not None:  # the family's recipe for what is unset: checkpoints and the adapter record it
+        config = dataclasses.replace(config, adapter=resolve_adapter(config.adapter, family.module_roles))
     items = read_manifest(config.manifest)
     missing = [i.id for i in items if not i.codes]
     if missing:

@@ -40,7 +40,7 @@ from tts_lib.launch.bundle import is_random_demo, resolve_base_model
 from tts_lib.listening.forgetting import check_forgetting, format_forgetting
 from tts_lib.listening.plots import plot_dataset, plot_run
 from tts_lib.models import load_family
-from tts_lib.training.adapters import AdapterConfig
+from tts_lib.training.adapters import AdapterConfig, resolve_adapter
 from tts_lib.training.checkpoints import data_fingerprint
 from tts_lib.training.device import auto_max_tokens, pick_device
 from tts_lib.training.train import choose_precision, train
@@ -68,7 +68,7 @@ class FinetuneConfig:
     speaker_max_steps: int | None = None  # two_phase phase two; None = recommended from that speaker's data
     lr: float | None = None  # full-weight training; None = 1e-5, or a tenth of the parent's
     lora_lr: float | None = None  # adapter training; None = 1e-4, or a tenth of the parent's
-    adapter: AdapterConfig = field(default_factory=AdapterConfig)  # rank, alpha, targets, DoRA
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)  # rank, alpha, targets, DoRA; unset: the family's
     train: TrainConfig = field(default_factory=TrainConfig)  # engine settings; paths and steps are set per phase
     codes_cache: str | None = None  # where encoded audio is cached; None = $TTS_LIB_CACHE/codes (shared by runs)
     gpu: str | None = None  # the GPU to price the plan for: H100, A100-40GB, NAME@TFLOPS; None = the GPU this runs on
@@ -129,9 +129,11 @@ def plan_finetune(config: FinetuneConfig, out_setting: str = "--out") -> Plan:
     if finished(out) is not None:
         raise FileExistsError(f"{out} is a finished version (results.json); set {out_setting} to a new folder")
     out.mkdir(parents=True, exist_ok=True)
-    run = unfinished_run(config, out, out_setting)
     base = resolve_base_model(config.base_model) if config.base_model else parents.base_of(config.parent, out.parent)
     family = load_family(base)
+    # The family's LoRA recipe for what is unset, before run.json is compared (it pins the values trained with)
+    config = dataclasses.replace(config, adapter=resolve_adapter(config.adapter, family.module_roles))
+    run = unfinished_run(config, out, out_setting)
     config = resolve_auto_tokens(config, run, family)
     identity = family.identity()
     start = parents.resolve_start(

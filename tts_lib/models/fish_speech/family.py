@@ -31,6 +31,7 @@ PASSTHROUGH_FILES = ("tokenizer.tiktoken", "special_tokens.json", CODEC_FILE, CO
 
 class FishSpeechFamily:
     name = "fish_speech"
+    module_roles = FishSpeechLM.module_roles  # adapter presets; the house LoRA recipe (upstream's r 8 / alpha 16)
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)

@@ -25,7 +25,9 @@ from tts_lib.common.torch_files import torch_load_weights_only
 CONFIG_FILE = "config.json"
 MODEL_FILES = ("model.safetensors", "pytorch_model.bin")  # the first present is read; we write the first
 VAE_FILES = ("audiovae.safetensors", "audiovae.pth")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")  # copied as they are
+# copied as they are; the hub's tokenizer_config.json names its own class in tokenization_voxcpm2.py (read by
+# transformers' AutoTokenizer with trust_remote_code only; we and upstream read tokenizer.json directly)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenization_voxcpm2.py")
 VAE_PREFIX = "audio_vae."  # upstream's model keeps the VAE under this name; its weights live in their own file
 SHOW = 6  # keys named in an error
 

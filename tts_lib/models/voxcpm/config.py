@@ -119,21 +119,21 @@ class VoxCPM2Config:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "config.json") -> VoxCPM2Config:
-        raw = dict(raw)
-        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        extra = {k: raw.pop(k) for k in list(raw) if k not in names}
+        extra: dict[str, Any] = {}
         try:
-            lm = dict(raw.pop("lm_config"))
-            extra.update({f"lm_config.{k}": lm.pop(k) for k in list(lm) if k not in _field_names(LMConfig)})
-            lm["rope_scaling"] = RopeScaling(**lm["rope_scaling"])
-            lm_config = LMConfig(**lm)
-            dit = dict(raw.pop("dit_config"))
-            dit["cfm_config"] = CfmConfig(**dit.get("cfm_config", {}))
-            return cls(lm_config=lm_config, encoder_config=EncoderConfig(**raw.pop("encoder_config")),
-                       dit_config=DitConfig(**dit), extra=extra, **raw)  # fmt: skip
+            top = _known(cls, raw, "", extra)
+            lm = _known(LMConfig, top.pop("lm_config"), "lm_config.", extra)
+            rope = _known(RopeScaling, lm["rope_scaling"], "lm_config.rope_scaling.", extra)
+            lm["rope_scaling"] = RopeScaling(**rope)
+            dit = _known(DitConfig, top.pop("dit_config"), "dit_config.", extra)
+            cfm = _known(CfmConfig, dit.get("cfm_config", {}), "dit_config.cfm_config.", extra)
+            dit["cfm_config"] = CfmConfig(**cfm)
+            encoder = _known(EncoderConfig, top.pop("encoder_config"), "encoder_config.", extra)
+            return cls(lm_config=LMConfig(**lm), encoder_config=EncoderConfig(**encoder), dit_config=DitConfig(**dit),
+                       extra=extra, **top)  # fmt: skip
         except KeyError as e:
             raise ValueError(f"{source}: expected a VoxCPM2 config with {e.args[0]!r}, found none") from e
-        except TypeError as e:  # an unexpected or missing field of a sub-config
+        except TypeError as e:  # a required field of a sub-config missing
             raise ValueError(f"{source}: not a VoxCPM2 config this reader knows: {e}") from e
 
     @classmethod
@@ -154,10 +154,16 @@ class VoxCPM2Config:
             if data[part]["kv_channels"] is None:  # upstream's schema types it int: absent, never null
                 del data[part]["kv_channels"]
         for key, value in data.pop("extra").items():
-            where, _, name = key.rpartition(".")
-            (data[where] if where else data)[name] = value
+            *path, name = key.split(".")
+            part = data
+            for step in path:
+                part = part[step]
+            part[name] = value
         return data
 
 
-def _field_names(cls) -> set[str]:
-    return {f.name for f in dataclasses.fields(cls)}
+def _known(cls, raw: dict[str, Any], prefix: str, extra: dict[str, Any]) -> dict[str, Any]:
+    """`raw`'s keys that `cls` has; the others go to `extra` under `prefix` (kept, and written back by to_dict)."""
+    names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+    extra.update({prefix + k: v for k, v in raw.items() if k not in names})
+    return {k: v for k, v in raw.items() if k in names}

@@ -43,6 +43,7 @@ def loss_parts(model: torch.nn.Module, batch: dict[str, Tensor]) -> LossParts:
 
 class VoxCPMFamily:
     name = "voxcpm"
+    module_roles = VoxCPM2Model.module_roles  # adapter presets and upstream's LoRA recipe (r 32 / alpha 32)
     selection_metric = SELECTION_METRIC
 
     def __init__(self, folder: str | Path):

@@ -55,6 +55,9 @@ def shift_right(x: Tensor) -> Tensor:
 class VoxCPM2Model(nn.Module):
     module_roles = ModuleRoles(
         adapter_presets={"upstream": UPSTREAM_TARGETS, "attention_mlp": ATTENTION_MLP},
+        # upstream's LoRA recipe (conf/voxcpm_v2/voxcpm_finetune_lora.yaml): r 32, alpha 32, no dropout, on
+        # q/k/v/o of both LMs and the DiT
+        adapter_defaults={"r": 32, "lora_alpha": 32, "lora_dropout": 0.0, "targets": "upstream"},
         text_embeddings="base_lm.embed_tokens",
         embeddings=frozenset({"embed_tokens"}),
         heads=frozenset({"stop_head"}),

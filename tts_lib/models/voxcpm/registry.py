@@ -1,13 +1,18 @@
-"""What the family registry (tts_lib.models.FAMILIES) imports for VoxCPM2."""
+"""What the family registry (tts_lib.models.FAMILIES) imports for VoxCPM2: the family, its tiny checkpoint, its
+model-card text and its reference shape (VoxCPM2 at the size published on the hub)."""
+
+import json
 
 from tts_lib.models.voxcpm.card import card_text
 from tts_lib.models.voxcpm.family import VoxCPMFamily as Family
+from tts_lib.models.voxcpm.planning import VoxCPMPlanningShape
+from tts_lib.models.voxcpm.reference import REFERENCE_CONFIG
 from tts_lib.models.voxcpm.tiny import make_tiny_checkpoint
 
 
-def reference_shape():
-    raise ValueError("no reference shape for VoxCPM2 yet: the full-size config.json has not been read from here "
-                     "(the memory and time tables need it); plan a run with the model's own folder instead")
+def reference_shape() -> VoxCPMPlanningShape:
+    """openbmb/VoxCPM2's shape (tts_lib/models/voxcpm/reference.py says where its sizes come from)."""
+    return VoxCPMPlanningShape(json.dumps(REFERENCE_CONFIG, sort_keys=True))
 
 
 __all__ = ["Family", "card_text", "make_tiny_checkpoint", "reference_shape"]
