@@ -212,14 +212,21 @@ if [ "$DEMO" = "0" ] && command -v nvidia-smi >/dev/null 2>&1; then
 fi
 
 step 6 "Check"
-# GPU memory (GiB) and disk each mode needs, as in launchable.yaml: the memory plan's figures at max_tokens 4096
-# (tts_lib/training/memory_needs.json; traced, not measured). gradient_checkpointing or a lower max_tokens needs less.
+# GPU memory (GiB) and disk each mode needs, as in launchable.yaml: the memory plan's figures for S1-mini at its
+# default max_tokens 4096 (tts_lib/training/memory_needs.json; traced, not measured). gradient_checkpointing or a lower max_tokens needs less.
 case "$TRAINING_MODE" in
   quick_lora) NEED_VRAM_GB=22; NEED_DISK_GB=60 ;;
   two_phase) NEED_VRAM_GB=36; NEED_DISK_GB=100 ;;
   full) NEED_VRAM_GB=36; NEED_DISK_GB=100 ;;
   *) echo "TRAINING_MODE must be quick_lora, two_phase or full, found '$TRAINING_MODE'"; exit 2 ;;
 esac
+if [ "$MODEL_NAME" = "voxcpm2" ]; then  # VoxCPM2's own plan, at its default max_tokens 1024 (memory_needs.json)
+  case "$TRAINING_MODE" in
+    quick_lora) NEED_VRAM_GB=16 ;;
+    two_phase) NEED_VRAM_GB=63 ;;
+    full) NEED_VRAM_GB=63 ;;
+  esac
+fi
 if [ "$DEMO" = "1" ]; then
   NEED_DISK_GB=5  # the tiny model and data/demo
 fi

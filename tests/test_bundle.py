@@ -79,6 +79,18 @@ def test_setup_sh_needs_match_launchable():
         assert line in setup, line
 
 
+def test_setup_sh_checks_voxcpm2_against_its_own_plan():
+    import math
+
+    from tts_lib.training import memory_needs
+
+    setup = (ROOT / "setup.sh").read_text()
+    block = setup.split('if [ "$MODEL_NAME" = "voxcpm2" ]; then', 1)[1].split("fi\n", 1)[0]
+    for mode in memory_needs.MODES:
+        line = f"{mode}) NEED_VRAM_GB={math.ceil(memory_needs.need_gib(mode, family='voxcpm'))} ;;"
+        assert line in block, (line, "run python benchmarks/memory_table.py --write and copy the figure")
+
+
 def test_requirements_cover_the_package_dependencies():
     def name(req):
         return re.split(r"[<>=!~\[; ]", req.strip(), maxsplit=1)[0].lower().replace("_", "-")

@@ -8,18 +8,22 @@ from tts_lib.cli import main
 
 
 @pytest.mark.slow  # two training steps per mode, the codec, generation, a merge and two torchrun processes
-def test_smoke_runs_every_check_and_ends_with_one_json_line(capsys, monkeypatch, tmp_path):
+@pytest.mark.parametrize("family", ["fish_speech", "voxcpm"])
+def test_smoke_runs_every_check_and_ends_with_one_json_line(capsys, monkeypatch, tmp_path, family):
     monkeypatch.setenv("TTS_LIB_CACHE", str(tmp_path / "cache"))
-    assert main(["gpu-check", "--smoke"]) == 0
+    assert main(["gpu-check", "--smoke", "--family", family]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1].startswith("gpu_check=")
     r = json.loads(out[-1].removeprefix("gpu_check="))
-    assert r["smoke"] is True and r["precision"] == "fp32"
+    assert r["smoke"] is True and r["precision"] == "fp32" and r["family"] == family
     for mode in ("quick_lora", "full"):
         t = r[f"train_{mode}"]
         assert t["tokens_per_s"] > 0 and t["planned_peak_gib"] > 0 and t["measured_peak_gib"] is None
     speeds = r["family_speeds"]
-    assert speeds["codec"]["seconds_per_hour_of_audio"] > 0 and speeds["generation"]["frames"] > 0
+    if family == "fish_speech":
+        assert speeds["codec"]["seconds_per_hour_of_audio"] > 0 and speeds["generation"]["frames"] > 0
+    else:  # VoxCPM2's audio VAE, and its KV-cached generation
+        assert speeds["vae"]["seconds_per_hour_of_audio"] > 0 and speeds["generation"]["patches_per_s"] > 0
     merge = r["merge_bf16"]
     assert merge["dtype"] == "bfloat16" and merge["adapter_effect"] > merge["max_abs_diff"]
     assert r["two_process"] == {"processes": 2, "steps": 2, "seconds": pytest.approx(r["two_process"]["seconds"])}

@@ -137,6 +137,7 @@ class ToyPlanningShape:
 class Family:
     name = "toy"
     module_roles = ToyLM.module_roles
+    trains_with_reference = False
     selection_metric = "val_latent_loss"
 
     def __init__(self, folder: str | Path):

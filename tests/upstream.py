@@ -103,7 +103,8 @@ def _stand_in(name: str) -> None:
 
 
 def upstream_voxcpm() -> SimpleNamespace:
-    """Upstream VoxCPM's modules: `.minicpm4`, `.locenc`, `.locdit`, `.layers`, `.lora`, `.audiovae`, `.voxcpm2`."""
+    """Upstream VoxCPM's modules: `.minicpm4`, `.locenc`, `.locdit`, `.layers`, `.lora`, `.audiovae`, `.voxcpm2`,
+    `.packers`."""
     global _voxcpm
     if _voxcpm is not None:
         return _voxcpm
@@ -116,6 +117,11 @@ def upstream_voxcpm() -> SimpleNamespace:
         _stand_in(name)
     try:
         modules = {name: importlib.import_module(path) for name, path in VOXCPM_MODULES.items()}
+        # the training package's __init__ pulls in its trainer's dependencies (argbind, ...): the packer alone
+        packers = Path(modules["voxcpm2"].__file__).parents[1] / "training" / "packers.py"
+        spec = importlib.util.spec_from_file_location("voxcpm_training_packers", packers)
+        modules["packers"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(modules["packers"])
     except ImportError as e:
         _give_up(f"importing it failed ({e}); install the [test] extra (einops, pydantic, ...)", VOXCPM)
     _voxcpm = SimpleNamespace(**modules)

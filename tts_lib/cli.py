@@ -13,6 +13,7 @@ from tts_lib.data.split import SplitConfig, assign_splits
 from tts_lib.data.validate import ValidationConfig, validate_items
 from tts_lib.data.validation_report import format_report, report_json, write_cleaned
 from tts_lib.launch import demo, notebook_setup
+from tts_lib.models import FAMILIES
 
 
 def add_ingest_options(p: argparse.ArgumentParser) -> None:
@@ -113,7 +114,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_extract_codes(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from tts_lib.data.codes_cache import extract_codes
+    from tts_lib.data.codes_cache import extract_codes, extract_reference_codes
     from tts_lib.launch.bundle import resolve_base_model
     from tts_lib.models import load_family
     from tts_lib.training.device import pick_device
@@ -129,6 +130,10 @@ def cmd_extract_codes(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             progress=lambda done, total: bar.update(done - bar.n),
         )
+    if family.trains_with_reference and any(i.ref_audio for i in items):  # the rows' voice references too
+        references = extract_reference_codes(items, family.codec_spec(device), args.cache_dir,
+                                             batch_size=args.batch_size)  # fmt: skip
+        summary.failed += references.failed
     write_manifest(args.manifest, items)
     print(
         f"{summary.encoded} encoded, {summary.cached} cached, {summary.reused_upstream} upstream .npy reused, "
@@ -316,7 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-every", type=int)
     p.add_argument("--val-every", type=int)
     p.add_argument("--max-tokens", type=max_tokens_arg,
-                   help="codec frames per micro-batch, or auto: the largest the GPU's free memory holds")
+                   help="training positions per micro-batch (default: the model family's), or auto: the largest "
+                   "the GPU's free memory holds")
     p.add_argument("--seed", type=int)
     p.add_argument("--gpu", help="the GPU to price the plan for, e.g. H100, A100-40GB, or NAME@TFLOPS for one not "
                    "in the table (default: the GPU this runs on)")
@@ -366,9 +372,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     notebook_setup.add_parser(sub)
 
-    p = sub.add_parser("memory-plan", help="GPU memory of a fine-tune, traced at S1-mini's shape (no GPU needed)")
+    p = sub.add_parser("memory-plan", help="GPU memory of a fine-tune, traced at a model's full shape (no GPU needed)")
     p.add_argument("--mode", required=True, choices=["quick_lora", "full", "two_phase"])
-    p.add_argument("--max-tokens", type=int, default=4096, help="padded positions per micro-batch (default 4096)")
+    p.add_argument("--family", choices=list(FAMILIES), default=next(iter(FAMILIES)),
+                   help="plan the family's reference model (default: the first, Fish Speech's OpenAudio S1-mini)")
+    p.add_argument("--base-model", help="plan this checkpoint folder's own model instead")
+    p.add_argument("--max-tokens", type=int, help="padded positions per micro-batch (default: the family's)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute each layer in backward")
     p.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default="bf16")
     p.add_argument("--free-gib", type=float, help="also print the largest max_tokens that fits this much memory")
@@ -376,8 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("gpu-check", help="acceptance check on a GPU: training steps, memory vs plan, codec, merge")
     p.add_argument("--smoke", action="store_true", help="the same code paths at tiny shapes on the CPU (CI)")
-    p.add_argument("--max-tokens", type=int, default=4096, help="padded positions per training step (default 4096)")
-    p.add_argument("--family", default="fish_speech", help="the model family whose reference shape is checked")
+    p.add_argument("--max-tokens", type=int, help="padded positions per training step (default: the family's)")
+    p.add_argument("--family", choices=list(FAMILIES), default=next(iter(FAMILIES)),
+                   help="the model family whose reference shape is checked (default: the first, Fish Speech)")
     p.set_defaults(func=cmd_gpu_check)
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)

@@ -1,7 +1,8 @@
-"""The GPU acceptance check: python -m tts_lib gpu-check [--smoke] [--max-tokens 4096] [--family fish_speech]
+"""The GPU acceptance check: python -m tts_lib gpu-check [--smoke] [--max-tokens N] [--family fish_speech]
 
 What only a GPU instance runs, in a few minutes on one GPU: a random model of the family's reference shape
-(Fish Speech: S1-mini) in bf16, one quick_lora and one full training step at max_tokens 4096 (peak memory from
+(Fish Speech: S1-mini) in bf16, one quick_lora and one full training step at the family's default max_tokens, or
+the most the free memory holds by the memory plan where that is less (peak memory from
 torch.cuda.max_memory_allocated beside the memory plan's figure, supervised tokens/s, and MFU from the counted
 FLOPs), the family's own speeds (Fish Speech: the codec's seconds per hour of audio, generation frames/s), the
 bf16 merge check, and the real training loop for two steps in two processes (NCCL) when there are two GPUs.
@@ -25,7 +26,14 @@ from pathlib import Path
 
 import torch
 
-from tts_lib.models import PlanningShape, family_module, load_family, make_tiny_checkpoint, reference_shape
+from tts_lib.models import (
+    PlanningShape,
+    default_max_tokens,
+    family_module,
+    load_family,
+    make_tiny_checkpoint,
+    reference_shape,
+)
 from tts_lib.training import flops, memory_plan
 from tts_lib.training.adapters import AdapterConfig, add_adapters
 from tts_lib.training.optim import OptimConfig, make_optimizer
@@ -72,13 +80,23 @@ def training_step(shape: PlanningShape, mode: str, max_tokens: int, precision: s
     tokens = supervised[-1]  # the unit FLOPs are counted in (flops.flops_per_token) and the trainer logs
     planned = memory_plan.plan_memory(mode, max_tokens, precision=precision, shape=shape).peak_gib
     measured = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    result = {"seconds_per_step": seconds, "tokens_per_s": tokens / seconds, "planned_peak_gib": planned,
-              "measured_peak_gib": measured}  # fmt: skip
+    result = {"max_tokens": max_tokens, "seconds_per_step": seconds, "tokens_per_s": tokens / seconds,
+              "planned_peak_gib": planned, "measured_peak_gib": measured}  # fmt: skip
     machine = cost.detect_machine(cost.GPU_TABLE)
     peak = cost.GPU_TABLE[machine.key].bf16_tflops if machine.key else None
     per_token = flops.flops_per_token(mode, shape=shape)
     result["mfu"] = per_token * result["tokens_per_s"] / (peak * 1e12) if peak and device.type == "cuda" else None
     return result  # the model and its optimiser go with `step`: the next mode starts from free memory
+
+
+def fitting_tokens(shape: PlanningShape, mode: str, max_tokens: int, precision: str, device) -> int | None:
+    """`max_tokens`, or less where the memory plan says the free memory cannot hold it (VoxCPM2's full step
+    without checkpointing needs about 56 GiB at its default 1024); None when not even the smallest budget fits."""
+    free = torch.cuda.mem_get_info(device)[0] / 2**30
+    try:
+        return memory_plan.max_tokens_for(mode, free, 0.1, False, precision, shape, cap=max_tokens)
+    except ValueError:
+        return None
 
 
 def merge_check(tiny: Path, work: Path) -> dict:
@@ -126,7 +144,10 @@ def two_process_training(folder: Path, work: Path, backend_device: str) -> dict:
     return {"processes": 2, "steps": 2, "seconds": time.perf_counter() - start}
 
 
-def run_checks(smoke: bool, max_tokens: int, family: str = "fish_speech") -> dict:
+def run_checks(smoke: bool, max_tokens: int | None, family: str = "fish_speech") -> dict:
+    """`family`: whose reference shape and tiny checkpoint are checked (tts_lib.models.FAMILIES); max_tokens None:
+    the family's default."""
+    max_tokens = max_tokens or default_max_tokens(family)
     device = torch.device("cpu" if smoke else "cuda")
     if not smoke and not torch.cuda.is_available():
         raise RuntimeError("gpu-check needs a CUDA GPU; on a CPU run `gpu-check --smoke` (tiny shapes, figures "
@@ -140,7 +161,12 @@ def run_checks(smoke: bool, max_tokens: int, family: str = "fish_speech") -> dic
         shape = load_family(tiny).planning_shape() if smoke else reference_shape(family)
         tokens = min(max_tokens, 256) if smoke else max_tokens
         for mode in ("quick_lora", "full"):
-            results[f"train_{mode}"] = training_step(shape, mode, tokens, precision, device, 1 if smoke else 3)
+            fitting = tokens if smoke else fitting_tokens(shape, mode, tokens, precision, device)
+            if fitting is None:
+                results[f"train_{mode}"] = {"skipped": f"not even max_tokens {memory_plan.TOKEN_STEP} fits this GPU "
+                                            "by the memory plan"}  # fmt: skip
+                continue
+            results[f"train_{mode}"] = training_step(shape, mode, fitting, precision, device, 1 if smoke else 3)
         speeds = getattr(family_module(family), "gpu_speeds", None)  # the family's own figures, if it has any
         dtype = memory_plan.PRECISIONS[precision]
         results["family_speeds"] = speeds(device, dtype, smoke, work, timed) if speeds else {}
@@ -160,9 +186,12 @@ def format_table(r: dict) -> str:
     lines = [f"gpu-check on {r['device']} (torch {r['torch']}, {r['precision']}{smoke})"]
     for mode in ("quick_lora", "full"):
         t = r[f"train_{mode}"]
+        if "skipped" in t:
+            lines.append(f"  {mode:<11} skipped: {t['skipped']}")
+            continue
         mfu = "n/a" if t["mfu"] is None else f"{t['mfu']:.1%}"
-        lines.append(f"  {mode:<11} {t['tokens_per_s']:>10,.0f} tokens/s  peak {gib(t['measured_peak_gib'])} "
-                     f"(plan {gib(t['planned_peak_gib'])})  MFU {mfu}")  # fmt: skip
+        lines.append(f"  {mode:<11} {t['tokens_per_s']:>10,.0f} tokens/s at max_tokens {t['max_tokens']}  peak "
+                     f"{gib(t['measured_peak_gib'])} (plan {gib(t['planned_peak_gib'])})  MFU {mfu}")  # fmt: skip
     for name, figures in r["family_speeds"].items():
         lines.append(f"  {name:<11} " + ", ".join(f"{key} {value:,.1f}" for key, value in figures.items()))
     m = r["merge_bf16"]

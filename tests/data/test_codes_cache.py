@@ -151,3 +151,20 @@ def test_targets_are_stored_exactly_whatever_their_dtype_and_shape(tmp_path):
         assert np.array_equal(loaded.numpy(), values), name
     with pytest.raises(TypeError, match="integer codes or float latents, found <U1"):
         save_codes(tmp_path / "text.npy", np.array(["a"]))
+
+
+def test_reference_clips_are_encoded_once_into_the_same_cache_and_kept_by_the_manifest(tmp_path):
+    from tts_lib.data.codes_cache import extract_reference_codes
+    from tts_lib.data.manifest import read_manifest, write_manifest
+
+    codec = FrameEnergyCodec()
+    items = items_in(tmp_path / "audio", 4)
+    items[0].ref_audio = items[1].ref_audio = items[3].audio  # two rows share a reference; one is also an item
+    items[2].ref_audio = str(tmp_path / "audio" / "gone.wav")
+    extract_codes(items, spec(codec), tmp_path / "cache")
+    refs = extract_reference_codes(items, spec(codec), tmp_path / "cache")
+    assert (refs.encoded, refs.cached) == (0, 1)  # the shared clip is item 3's: already in the cache
+    assert items[0].ref_codes == items[1].ref_codes == items[3].codes and items[3].ref_codes is None
+    assert items[2].ref_codes is None and [i for i, _ in refs.failed] == ["s/2"] and "gone.wav" in refs.failed[0][1]
+    back = read_manifest(write_manifest(tmp_path / "data" / "manifest.jsonl", items))
+    assert back == items and np.array_equal(np.load(back[0].ref_codes), np.load(items[3].codes))

@@ -293,3 +293,17 @@ def test_with_the_model_family_its_tokenizer_measures_every_script(tmp_path):
     [problem] = messages(report, "tokenizer_coverage")
     assert problem.startswith("ETHIOPIC script:")
     assert report.summary["tokens_per_char_by_script"]["ETHIOPIC"] > 1
+
+
+def test_a_voice_reference_counts_toward_the_training_sequence_of_a_family_that_trains_with_one(tmp_path):
+    """VoxCPM2 puts a row's ref_audio before its text: an item that fits alone can be too long with it."""
+    from tts_lib.models import load_family, make_tiny_checkpoint
+
+    family = load_family(make_tiny_checkpoint(tmp_path / "vox", family="voxcpm"))  # max_seq_len 512 positions
+    clip = write_audio(tmp_path / "clip.wav", 5.0, sr=16000, seed=1)  # 32 patches
+    items = [item(clip, "hyvää"), item(clip, "hyvää"), item(clip, "hyvää")]
+    items[1].ref_audio = str(write_audio(tmp_path / "short-ref.wav", 4.0, sr=16000, seed=2))
+    items[2].ref_audio = str(write_audio(tmp_path / "long-ref.wav", 80.0, sr=16000, seed=3))  # 500 patches
+    items[1].id, items[2].id = "with-short-ref", "with-long-ref"
+    report = validate_items(items, ValidationConfig(decode=False), family=family)
+    assert [p.item_id for p in report.problems if p.code == "too_long_for_model"] == ["with-long-ref"]

@@ -54,6 +54,16 @@ def test_auto_without_setup_is_the_announced_demo(root):
     assert "RANDOM DEMO" in banner and "noise" in banner and "HF_TOKEN" in banner and "setup.sh" in banner
 
 
+def test_the_banner_of_a_tiny_voxcpm2_folder_names_voxcpm2_and_no_token(root):
+    from tts_lib.models import make_tiny_checkpoint
+
+    folder = make_tiny_checkpoint(root / "checkpoints" / "tiny-voxcpm", family="voxcpm")
+    run = resolve_run("quick_lora", str(folder), "data/demo", root=root, environ={})
+    banner = run.demo_banner()
+    assert run.demo and "THE RANDOM DEMO MODEL (tiny-voxcpm)" in banner and "BASE_MODEL=voxcpm2 bash setup.sh" in banner
+    assert "HF_TOKEN" not in banner and "licence" not in banner and "openaudio" not in banner
+
+
 def test_auto_takes_what_setup_prepared(root):
     model = checkpoint(root.parent / "models" / "fi-base")  # not where setup.sh puts models by default
     data = root.parent / "corpus"

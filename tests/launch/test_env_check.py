@@ -51,16 +51,28 @@ def test_the_real_model_without_a_gpu_warns(monkeypatch, tmp_path, real):
 
 
 def test_too_little_vram_for_the_mode_warns(monkeypatch, tmp_path, real):
-    between = (env_check.VRAM_NEEDS_GB["quick_lora"] + env_check.VRAM_NEEDS_GB["full"]) / 2  # the plan's needs
+    needs = env_check.vram_needs_gb()
+    between = (needs["quick_lora"] + needs["full"]) / 2  # the plan's needs
     fake_gpu(monkeypatch, "NVIDIA A40", between)
     assert check_environment("quick_lora", real, path=tmp_path)["warnings"] == []
     env = check_environment("full", real, path=tmp_path)
     assert env["gpu"] == "NVIDIA A40" and env["vram_gb"] == pytest.approx(between)
     [warning] = env["warnings"]
-    assert f"{between:.0f} GiB" in warning and f"{env_check.VRAM_NEEDS_GB['full']:.0f} GiB" in warning
+    assert f"{between:.0f} GiB" in warning and f"{needs['full']:.0f} GiB" in warning
     assert "memory plan" in warning
     # the table is a parameter: measured numbers replace the plan's
     assert check_environment("full", real, path=tmp_path, needs_gb={"full": between - 1})["warnings"] == []
+
+
+def test_the_needs_are_the_base_models_familys(monkeypatch, tmp_path):
+    from tts_lib.models import make_tiny_checkpoint
+
+    vox = make_tiny_checkpoint(tmp_path / "voxcpm2", family="voxcpm")
+    (vox / "README.md").unlink()  # not the random demo: plan the family's reference model (VoxCPM2)
+    fake_gpu(monkeypatch, "NVIDIA L4", 22.5)
+    env = check_environment("full", vox, path=tmp_path)
+    assert env["vram_needed_gb"] == env_check.vram_needs_gb("voxcpm")["full"] != env_check.vram_needs_gb()["full"]
+    assert "VoxCPM2, max_tokens 1024" in env["needs_basis"] and "expect out of memory" in env["warnings"][0]
 
 
 def test_no_bf16_warns(monkeypatch, tmp_path, real):

@@ -174,3 +174,60 @@ def test_gradient_checkpointing_in_all_four_transformers_changes_nothing_but_mem
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys()
     assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6) for n in grads[0])
+
+
+@pytest.mark.parametrize("residual_no_rope", [False, True])  # the released VoxCPM2's residual LM has no rope
+def test_generation_caches_give_the_full_sequences_states(residual_no_rope):
+    """What generation computes from its KV caches (a prefix, then one position at a time) is what the whole
+    sequence computed at once gives."""
+    from test_voxcpm_parity import TINY, batch
+
+    from tts_lib.models.voxcpm import VoxCPM2Config
+    from tts_lib.models.voxcpm.minicpm import KVCache
+
+    config = {**TINY, "residual_lm_no_rope": residual_no_rope}
+    torch.manual_seed(0)
+    model = VoxCPM2Model(VoxCPM2Config.from_dict(config)).eval()
+    b = batch(config)
+    inputs = [b[k][:1].float() if k != "text_tokens" else b[k][:1] for k in
+              ("text_tokens", "text_mask", "audio_feats", "audio_mask")]  # fmt: skip
+    with torch.no_grad():
+        whole = model.position_states(*inputs)
+        caches, prefix = (KVCache(), KVCache()), 5  # the text and the audio start; then each audio patch
+        parts = [model.position_states(*(x[:, :prefix] for x in inputs), caches)]
+        for t in range(prefix, inputs[0].shape[1]):
+            parts.append(model.position_states(*(x[:, t : t + 1] for x in inputs), caches))
+    for i, name in enumerate(("base LM", "residual LM")):
+        cached = torch.cat([part[i] for part in parts], dim=1)
+        assert (cached - whole[i]).abs().max() <= 1e-5, name
+    assert caches[0].seen() == inputs[0].shape[1]
+
+
+def test_jsonl_ref_audio_is_the_voice_reference_of_its_training_sequence(world, tmp_path):
+    """A JSONL row's ref_audio is encoded once (the features cache) and goes first in the row's training sequence,
+    [103, its patches, 104], unsupervised, as upstream's packer puts it; a row without one has none."""
+    from tts_lib.data.manifest import read_manifest
+    from tts_lib.models.voxcpm.model import REF_END, REF_START
+    from tts_lib.training.train import load_samples
+
+    clips = sorted((world["data"] / "fi_female").glob("*.flac"))
+    rows = [{"audio": str(c), "text": c.with_suffix(".lab").read_text().strip(), "speaker": "fi_female",
+             **({"ref_audio": str(clips[-1])} if k % 2 == 0 else {})} for k, c in enumerate(clips[:-1])]  # fmt: skip
+    data = tmp_path / "voice.jsonl"
+    data.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n")
+    out = world["root"] / "runs" / "with-ref"
+    assert main(["finetune", "--base-model", str(world["base"]), "--data", str(data), "--out", str(out),
+                 "--max-steps", "2", "--val-every", "2", "--save-every", "2", "--no-package",
+                 "--set", "estimate_steps=0"]) == 0  # fmt: skip
+    items = read_manifest(out / "data" / "manifest.jsonl")
+    family = load_family(world["base"])
+    for item, sample in zip(items, load_samples(family, items)):
+        with_ref = item.ref_audio is not None
+        assert (item.ref_codes is not None) == with_ref, item.id
+        assert (sample.text_tokens[0].item() == REF_START) == with_ref
+        if with_ref:
+            patches = -(-np.load(item.ref_codes).shape[1] // family.config.patch_size)
+            assert sample.text_tokens[patches + 1].item() == REF_END
+            assert sample.loss_mask[: patches + 2].sum() == 0 and sample.audio_mask[1 : patches + 1].all()
+            assert sample.length == family.sequence_length(item.text, np.load(item.codes).shape[1],
+                                                           np.load(item.ref_codes).shape[1])  # fmt: skip

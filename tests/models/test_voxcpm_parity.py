@@ -10,6 +10,7 @@ from upstream import upstream_voxcpm
 
 from tts_lib.models.voxcpm import VoxCPM2Config, VoxCPM2Model
 from tts_lib.models.voxcpm.minicpm import MiniCPM
+from tts_lib.models.voxcpm.samples import build_sample
 
 ROPE = {"type": "longrope", "long_factor": [1.0, 1.5, 2.0, 3.0], "short_factor": [1.0, 1.1, 1.2, 1.3],
         "original_max_position_embeddings": 32}  # fmt: skip
@@ -243,3 +244,37 @@ def test_the_tokenizer_splits_cjk_words_like_upstream(tiny_folder):
         assert ours.encode(text) == theirs(text), text
     assert ours.base.tokenize("你好世界") == ["▁", "你好", "世界"]  # the BPE merges them ...
     assert ours.tokens("你好世界") == ["▁", "你", "好", "世", "界"]  # ... the model reads one character at a time
+
+
+def test_training_sequences_are_packed_as_upstreams_packer_packs_them_with_and_without_a_reference(tiny_folder):
+    """Upstream's AudioFeatureProcessingPacker (waves in, its VAE encodes) against the family's features cache
+    encoding and build_sample: the same tokens, masks, latents and stop labels, the reference prefix included."""
+    from tts_lib.models import load_family
+    from tts_lib.models.voxcpm.samples import collate
+
+    u = upstream_voxcpm()
+    theirs = u.voxcpm2.VoxCPM2Model.from_local(str(tiny_folder), optimize=False, training=True, device="cpu")
+    vae = theirs.audio_vae.float()
+    family = load_family(tiny_folder)
+    packer = u.packers.AudioFeatureProcessingPacker(1, 4096, family.config.patch_size, family.config.feat_dim, vae)
+    g = torch.Generator().manual_seed(0)
+    waves = [torch.randn(n, generator=g) * 0.1 for n in (16000, 9000)]
+    reference = torch.randn(7000, generator=g) * 0.1
+    texts = [[5, 6, 7, 8], [9, 10]]
+
+    def pad(rows: list[torch.Tensor]) -> torch.Tensor:
+        out = torch.full((len(rows), max(len(r) for r in rows)), -100, dtype=rows[0].dtype)
+        for i, r in enumerate(rows):
+            out[i, : len(r)] = r
+        return out
+
+    packed = packer(pad(waves), pad([torch.tensor(t, dtype=torch.int32) for t in texts]), torch.tensor([1, 1]),
+                    torch.tensor([0, 0]), [False, False], pad([reference, torch.empty(0)]))  # fmt: skip
+    latents = [family._encode(family.vae(), w.numpy(), "cpu") for w in (*waves, reference)]
+    ours = collate([
+        build_sample(texts[0], latents[0], family.config.patch_size, reference=latents[2]),
+        build_sample(texts[1], latents[1], family.config.patch_size),
+    ])  # fmt: skip
+    for key in ("text_tokens", "text_mask", "audio_mask", "loss_mask", "labels"):
+        assert torch.equal(ours[key].long(), packed[key].long()), key
+    assert (ours["audio_feats"] - packed["audio_feats"]).abs().max() <= 1e-5

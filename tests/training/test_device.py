@@ -23,7 +23,18 @@ def test_auto_is_the_gpu_when_there_is_one(monkeypatch):
 def test_auto_max_tokens_is_the_default_on_a_cpu(tiny):
     family = load_family(tiny)
     tokens, why = device.auto_max_tokens(family, True, torch.device("cpu"), False, None)
-    assert tokens == device.AUTO_MAX_TOKENS_CPU and "no GPU" in why
+    assert tokens == 4096 and "no GPU" in why  # the Fish Speech default
+
+
+def test_an_unset_max_tokens_is_the_familys_default(tiny, tmp_path):
+    from tts_lib.models import make_tiny_checkpoint
+
+    vox = load_family(make_tiny_checkpoint(tmp_path / "vox", family="voxcpm"))
+    for family, default in ((load_family(tiny), 4096), (vox, 1024)):
+        tokens, why = device.resolve_max_tokens(None, family, True, torch.device("cpu"), False, None)
+        assert tokens == default and f"the {family.name} default" in why
+        assert device.auto_max_tokens(family, True, torch.device("cpu"), False, None)[0] == default
+    assert device.resolve_max_tokens(512, vox, True, torch.device("cpu"), False, None)[0] == 512
 
 
 @pytest.mark.parametrize("adapter", [True, False])

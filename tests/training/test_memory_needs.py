@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tts_lib.models import FAMILIES, default_max_tokens
 from tts_lib.training import memory_needs
 from tts_lib.versions.cost import GPU_TABLE
 
@@ -41,12 +42,23 @@ def test_the_generated_tables_are_current():
     assert memory_needs.benchmarks_block() in (ROOT / "docs" / "benchmarks.md").read_text(), f"docs: {FIX}"
 
 
-def test_needs_grow_with_max_tokens_and_fall_with_checkpointing():
+def test_every_registered_family_has_plans_at_its_default_max_tokens():
+    assert memory_needs.families() == list(FAMILIES)
+    for family in FAMILIES:
+        assert memory_needs.peak_gib("quick_lora", family=family) > 0
+        assert memory_needs.model_title(family) == FAMILIES[family].published[0].title
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_needs_grow_with_max_tokens_and_fall_with_checkpointing(family):
+    def peak(mode: str, tokens: int | None = None, checkpointing: bool = False) -> float:
+        return memory_needs.peak_gib(mode, tokens, checkpointing, family)
+
     for mode in ("quick_lora", "full"):
-        peaks = [memory_needs.peak_gib(mode, n) for n in (1024, 2048, 4096, 8192)]
+        peaks = [peak(mode, n) for n in (1024, 2048, 4096, 8192)]
         assert peaks == sorted(peaks) and peaks[0] < peaks[-1], mode
-        assert memory_needs.peak_gib(mode, checkpointing=True) < memory_needs.peak_gib(mode)
-    assert memory_needs.peak_gib("two_phase") == max(memory_needs.peak_gib(m) for m in ("full", "quick_lora"))
+        assert peak(mode, checkpointing=True) < peak(mode)
+    assert peak("two_phase") == max(peak(m) for m in ("full", "quick_lora"))
 
 
 def test_a_missing_block_is_named():
@@ -55,9 +67,11 @@ def test_a_missing_block_is_named():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("family", list(FAMILIES))
 @pytest.mark.parametrize("mode", ["quick_lora", "full"])
-def test_the_stored_plans_are_what_the_plan_traces_today(mode):
+def test_the_stored_plans_are_what_the_plan_traces_today(mode, family):
+    from tts_lib.models import reference_shape
     from tts_lib.training.memory_plan import plan_memory
 
-    traced = plan_memory(mode, memory_needs.DEFAULT_TOKENS).peak_gib
-    assert traced == pytest.approx(memory_needs.peak_gib(mode), abs=0.01), FIX
+    traced = plan_memory(mode, default_max_tokens(family), shape=reference_shape(family)).peak_gib
+    assert traced == pytest.approx(memory_needs.peak_gib(mode, family=family), abs=0.01), FIX

@@ -191,7 +191,7 @@ def test_bad_settings_say_what_is_expected():
 
 
 def test_the_command_prints_the_breakdown_and_ends_with_the_peak(monkeypatch, capsys):
-    monkeypatch.setattr(mp, "reference_shape", small)  # the command plans S1-mini; a small model keeps this fast
+    monkeypatch.setattr(mp, "reference_shape", lambda family: small())  # the command plans S1-mini; small is fast
     from tts_lib.cli import main
 
     assert main(["memory-plan", "--mode", "quick_lora", "--max-tokens", "512", "--gradient-checkpointing"]) == 0
@@ -200,7 +200,7 @@ def test_the_command_prints_the_breakdown_and_ends_with_the_peak(monkeypatch, ca
     assert out[-1] == f"peak_gib={plan.peak_gib:.2f}"
     for category in mp.CATEGORIES:
         assert any(line.split()[:2] == [category, f"{getattr(plan, category + '_gib'):.2f}"] for line in out)
-    assert "gradient checkpointing on" in out[0]
+    assert "gradient checkpointing on" in out[0] and "(traced, OpenAudio S1-mini shape)" in out[0]
 
 
 @pytest.mark.slow
@@ -229,3 +229,14 @@ def test_adapters_under_autocast_take_their_inputs_uncast_which_lowers_the_peak(
         return mp.trace_step(model, config.batch(2048), "bf16", config).peak
 
     assert peak(False) < peak(True) * 0.97
+
+
+def test_the_command_plans_a_folders_own_model_at_its_familys_default_max_tokens(tmp_path, capsys):
+    from tts_lib.cli import main
+    from tts_lib.models import load_family, make_tiny_checkpoint
+
+    folder = make_tiny_checkpoint(tmp_path / "tiny-voxcpm", family="voxcpm")
+    assert main(["memory-plan", "--mode", "full", "--base-model", str(folder)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    plan = mp.plan_memory("full", 1024, shape=load_family(folder).planning_shape())  # VoxCPM2's default: 1024
+    assert "max_tokens 1024" in out[0] and "tiny-voxcpm shape" in out[0] and out[-1] == f"peak_gib={plan.peak_gib:.2f}"

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tts_lib.models import default_max_tokens
 from tts_lib.training import memory_needs
 from tts_lib.training.flops import ASSUMED_MFU
 from tts_lib.versions import finetune, time_table
@@ -31,7 +32,7 @@ def test_the_assumed_steps_are_what_finetune_recommends():
 def test_launchable_states_the_assumptions_it_was_computed_with():
     estimate = yaml.safe_load((ROOT / "launchable.yaml").read_text())["estimate"]
     a = estimate["assumptions"]
-    assert a["mfu"] == ASSUMED_MFU and a["max_tokens"] == memory_needs.DEFAULT_TOKENS
+    assert a["mfu"] == ASSUMED_MFU and a["max_tokens"] == default_max_tokens(time_table.DEFAULT_FAMILY)
     assert a["gflop_per_token"] == {"full": time_table.gflop_per_token("full"),
                                     "lora": time_table.gflop_per_token("lora")}  # fmt: skip
     assert set(estimate["modes"]) == set(memory_needs.MODES)
@@ -60,5 +61,5 @@ def test_the_table_is_what_the_estimator_computes_from_flops_counted_today():
 
     gpu = GPU_TABLE["A100-80GB"]
     ((_, steps),) = time_table.phases("full")
-    tokens = steps * memory_needs.DEFAULT_TOKENS * time_table.TOKENS_PER_FRAME
+    tokens = steps * default_max_tokens(time_table.DEFAULT_FAMILY) * time_table.shape().supervised_per_frame
     assert time_table.hours_on(gpu, "full") == pytest.approx(estimate_hours(tokens, "full", gpu.bf16_tflops), rel=1e-3)

@@ -139,6 +139,24 @@ def extract_codes(
     return summary
 
 
+def extract_reference_codes(items: list[Item], spec: CodecSpec, cache_dir: str | Path | None = None,
+                            **options) -> ExtractionSummary:  # fmt: skip
+    """Set `item.ref_codes` for every item with a `ref_audio`: each reference clip encoded once, like any clip and
+    in the same cache (a clip used as a reference and as an item is encoded once). A clip that cannot be read is
+    in `summary.failed` under the id of every item that names it; those items keep `ref_codes = None`."""
+    clips: dict[str, Item] = {}
+    for item in items:
+        if item.ref_audio:
+            clips.setdefault(item.ref_audio, Item(f"ref_audio of {item.id}", item.ref_audio, "", item.speaker))
+    summary = extract_codes(list(clips.values()), spec, cache_dir, **options)
+    why = dict(summary.failed)  # clip id -> reason
+    summary.failed = [(item.id, why[clips[item.ref_audio].id]) for item in items
+                      if item.ref_audio and clips[item.ref_audio].id in why]  # fmt: skip
+    for item in items:
+        item.ref_codes = clips[item.ref_audio].codes if item.ref_audio else None
+    return summary
+
+
 def estimate_line(first_audio_s: float, first_s: float, total_audio_s: float) -> str:
     """How long encoding all of it will take, at the rate the first batch was encoded."""
     if first_audio_s <= 0 or first_s <= 0:

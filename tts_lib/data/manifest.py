@@ -58,6 +58,7 @@ class Item:
     split: str | None = None  # "train" or "val"; None until a split is assigned
     codes: str | None = None  # pre-extracted codec codes (.npy, shape (num_codebooks, T)), if any
     ref_audio: str | None = None  # a clip of the same voice (VoxCPM's JSONL `ref_audio`), kept with the item
+    ref_codes: str | None = None  # ref_audio's cached targets, for a family that trains with a reference (VoxCPM2)
     # Not written to the manifest, and not compared: an item read back equals the one written.
     origin: Origin | None = field(default=None, compare=False)
 
@@ -101,8 +102,9 @@ def write_manifest(path: str | os.PathLike, items: list[Item]) -> Path:
         row["audio"] = _relative_to(item.audio, folder)
         if item.codes:
             row["codes"] = _relative_to(item.codes, folder)
-        if item.ref_audio:
-            row["ref_audio"] = _relative_to(item.ref_audio, folder)
+        for name in ("ref_audio", "ref_codes"):
+            if getattr(item, name):
+                row[name] = _relative_to(getattr(item, name), folder)
         lines.append(json.dumps(row, ensure_ascii=False))
     return atomic_write_lines(path, lines)
 
@@ -119,8 +121,9 @@ def item_from_row(row: dict, base: Path, where: str) -> Item:
     row["audio"] = str(base / row["audio"])
     if row.get("codes"):
         row["codes"] = str(base / row["codes"])
-    if row.get("ref_audio"):
-        row["ref_audio"] = str(base / row["ref_audio"])
+    for name in ("ref_audio", "ref_codes"):
+        if row.get(name):
+            row[name] = str(base / row[name])
     if row.get("split") not in (None, *SPLITS):
         raise ValueError(f"{where}: split must be one of {SPLITS} or null, found {row['split']!r}")
     return Item(**row)

@@ -121,13 +121,23 @@ class SequenceLimit:
 
     max_len: int  # the model's max_seq_len: its position table ends there
     frames: Callable[[float], int]  # seconds of audio -> codec frames
-    length: Callable[[str, int], int]  # (transcript, codec frames) -> positions of the training sequence
+    length: Callable[..., int]  # (transcript, codec frames[, reference frames]) -> positions of the sequence
+    reference: bool = False  # the sequence starts with the item's ref_audio (VoxCPM2): count it too
 
 
 def sequence_limit(family: ModelFamily) -> SequenceLimit:
     """The limit of a model family: its max_seq_len, its codec's frames, and its own training sequence, so the
     count is the one training will see."""
-    return SequenceLimit(family.max_seq_len, family.frames_for_seconds, family.sequence_length)
+    return SequenceLimit(family.max_seq_len, family.frames_for_seconds, family.sequence_length,
+                         family.trains_with_reference)  # fmt: skip
+
+
+def reference_seconds(path: str) -> float:
+    """A reference clip's duration from its header (0 when unreadable: its encoding reports that clip)."""
+    try:
+        return audio_info(path).duration
+    except AudioError:
+        return 0.0
 
 
 def _probe_star(args: tuple[str, ValidationConfig]) -> AudioProbe:
@@ -201,6 +211,8 @@ def check_items(
         if limit is not None:
             frames = limit.frames(probe.duration)
             positions = limit.length(item.text, frames)
+            if limit.reference and item.ref_audio and os.path.isfile(item.ref_audio):
+                positions = limit.length(item.text, frames, limit.frames(reference_seconds(item.ref_audio)))
             if positions > limit.max_len:
                 add(
                     "error",

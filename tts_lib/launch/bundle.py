@@ -30,7 +30,7 @@ from pathlib import Path
 
 import tts_lib
 from tts_lib.common.errors import MissingInputError, SettingError
-from tts_lib.models import published_model, published_models, refused_models
+from tts_lib.models import FAMILIES, family_name_of, published_model, published_models, refused_models
 
 SETUP_FILE = ".setup-ready"  # written by setup.sh when it finishes: key=value lines, paths relative to the root
 MODES = ("quick_lora", "two_phase", "full")
@@ -180,17 +180,30 @@ class Run:
         return is_random_demo(self.base_folder)
 
     def demo_banner(self) -> str:
-        """The announcement at the top of a demo run: what it is, and what to do for the real model."""
+        """The announcement at the top of a demo run: what it is, and what to do for the real model (the released
+        model of the demo folder's family: a gated one needs its licence and HF_TOKEN, an open one only setup.sh)."""
         why = f" setup.sh ran in demo mode: {self.setup['reason']}." if self.setup.get("reason") else ""
+        family = family_name_of(self.base_folder)
+        released = FAMILIES[family].published if family in FAMILIES else ()
+        real = released[0] if released else DEFAULT_MODEL
         lines = [
-            "THIS IS THE RANDOM DEMO MODEL (tiny-demo).",
+            f"THIS IS THE RANDOM DEMO MODEL ({self.base_folder.name}).",
             "Its weights are random: everything it generates is noise. The run shows every step and",
             f"produces every file, but it does not train a voice.{why}",
-            f"To train the real model: accept the licence at https://huggingface.co/{DEFAULT_MODEL.repo},",
-            "set HF_TOKEN (the launchable's launch parameter, or export HF_TOKEN=... in a terminal),",
-            "run `bash setup.sh` in the repository, then Run All again (base_model 'auto' then picks it up),",
-            "or set base_model to a checkpoint folder you have.",
         ]
+        if real.gated:
+            lines += [
+                f"To train the real model: accept the licence at https://huggingface.co/{real.repo},",
+                "set HF_TOKEN (the launchable's launch parameter, or export HF_TOKEN=... in a terminal),",
+                "run `bash setup.sh` in the repository, then Run All again (base_model 'auto' then picks it up),",
+                "or set base_model to a checkpoint folder you have.",
+            ]
+        else:
+            lines += [
+                f"To train the real model ({real.title}, open weights, no token needed): run",
+                f"`BASE_MODEL={real.name} bash setup.sh` in the repository, then Run All again (base_model",
+                "'auto' then picks it up), or set base_model to a checkpoint folder you have.",
+            ]
         width = max(len(line) for line in lines)
         bar = "=" * (width + 4)
         return "\n".join([bar, *(f"| {line:<{width}} |" for line in lines), bar])

@@ -5,9 +5,10 @@
     env = check_environment("quick_lora", base_model="checkpoints/openaudio-s1-mini")  # a dict
     print(format_environment(env))  # GPU, VRAM, CPU, RAM, disk, versions, bf16, and any warnings
 
-The VRAM needs in `VRAM_NEEDS_GB` come from the memory plan (`tts_lib.training.memory_needs`: one training step
-traced at S1-mini's shape, bf16, max_tokens 4096, 10% of the GPU left free); traced, not measured on a GPU.
-Pass your own numbers as `needs_gb` once you have measured them (peak_memory_mb in metrics.jsonl).
+The VRAM needs (`vram_needs_gb(family)`) come from the memory plan of the base model's family
+(`tts_lib.training.memory_needs`: one training step traced at the family's reference shape, bf16, the family's
+default max_tokens, 10% of the GPU left free); traced, not measured on a GPU. Pass your own numbers as
+`needs_gb` once you have measured them (peak_memory_mb in metrics.jsonl).
 """
 
 from __future__ import annotations
@@ -21,14 +22,18 @@ from typing import Any
 import torch
 
 import tts_lib
-from tts_lib.launch.bundle import DEFAULT_MODEL, is_random_demo, shown
+from tts_lib.launch.bundle import is_random_demo, shown
+from tts_lib.models import default_max_tokens, family_name_of
 from tts_lib.training import memory_needs
 
-# GiB of GPU memory a mode needs with S1-mini at max_tokens 4096, by the memory plan (see the docstring).
-# gradient_checkpointing or a smaller max_tokens lowers them; the tiny-demo model needs almost none.
-VRAM_NEEDS_GB = {mode: memory_needs.need_gib(mode) for mode in memory_needs.MODES}
-TINY_NEEDS_GB = 0.5
+TINY_NEEDS_GB = 0.5  # the tiny random demo model needs almost none
 DISK_NEEDS_GB = 20.0  # base model (about 3.5 GB with the codec), merged copies, checkpoints, package
+
+
+def vram_needs_gb(family: str = memory_needs.DEFAULT_FAMILY) -> dict[str, float]:
+    """GiB of GPU memory each mode needs with the family's reference model at its default max_tokens, by the plan
+    (see the docstring); gradient_checkpointing or a smaller max_tokens lowers them."""
+    return {mode: memory_needs.need_gib(mode, family=family) for mode in memory_needs.MODES}
 
 
 def _ram_gb() -> float | None:
@@ -56,7 +61,8 @@ def check_environment(
 ) -> dict[str, Any]:
     """The machine's GPU, memory, disk and versions, plus `warnings` (sentences) where it falls short
     of what `mode` needs with the checkpoint folder `base_model`. `path` is where outputs go (its disk is checked)."""
-    needs = VRAM_NEEDS_GB if needs_gb is None else needs_gb
+    family = family_name_of(base_model) or memory_needs.DEFAULT_FAMILY  # not downloaded yet: the default model's
+    needs = vram_needs_gb(family) if needs_gb is None else needs_gb
     if mode not in needs:
         raise ValueError(f"training_mode {mode!r}: expected one of {', '.join(needs)}")
     env: dict[str, Any] = {
@@ -71,7 +77,7 @@ def check_environment(
     tiny = is_random_demo(base_model)
     need = TINY_NEEDS_GB if tiny else needs[mode]
     env["vram_needed_gb"] = need
-    plan = f"memory plan of {DEFAULT_MODEL.title}, max_tokens 4096"
+    plan = f"memory plan of {memory_needs.model_title(family)}, max_tokens {default_max_tokens(family)}"
     env["needs_basis"] = "the tiny random demo model" if tiny else plan
     warnings = []
     if env["gpu"] is None:
@@ -81,7 +87,7 @@ def check_environment(
                             "only the tiny-demo model trains in reasonable time on a CPU")  # fmt: skip
     elif env["vram_gb"] < need:
         warnings.append(
-            f"the GPU has {env['vram_gb']:.0f} GiB, {mode} needs about {need:.0f} GiB (memory plan, max_tokens 4096): "
+            f"the GPU has {env['vram_gb']:.0f} GiB, {mode} needs about {need:.0f} GiB ({plan}): "
             "expect out of memory; lower max_tokens, turn on gradient_checkpointing, use quick_lora, or rent a "
             "bigger GPU"
         )

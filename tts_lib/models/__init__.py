@@ -121,6 +121,9 @@ class ModelFamily(Protocol):
         exactly as build_sample will make it, so validation refuses what training cannot take.
       build_sample(text, targets), collate(samples): training sequences and padded batches (dict of tensors).
         A sample's `length` is its positions (what max_tokens counts); it equals sequence_length(text, frames).
+      trains_with_reference: True when training sequences start with a voice reference clip (VoxCPM2: a JSONL
+        row's ref_audio); then build_sample(text, targets, reference=targets of the clip or None) and
+        sequence_length(text, frames, reference_frames) take it, and the features cache encodes those clips too.
 
     Training
       module_roles: the ModuleRoles of the model load_model returns (adapter presets and the LoRA recipe, read
@@ -155,6 +158,7 @@ class ModelFamily(Protocol):
     frame_rate: float
     max_seq_len: int
     module_roles: ModuleRoles
+    trains_with_reference: bool
 
     def load_model(self, device: Any = "cpu", dtype: Any = None) -> Any: ...
     def identity(self) -> dict[str, str]: ...
@@ -208,6 +212,9 @@ class FamilyEntry:
     published: tuple[PublishedModel, ...] = ()  # released checkpoints, downloadable by name
     refused: tuple[tuple[str, str], ...] = ()  # (name people try, why it is not supported): refused with the reason
     config_key: str = "model_type"  # the config.json key naming the model (VoxCPM: "architecture")
+    # max_tokens when a run leaves it unset: training positions per micro-batch, chosen so that the reference
+    # model's quick_lora fits a 24 GB GPU and a batch holds a few minutes of audio (memory_needs.json)
+    default_max_tokens: int = 4096
 
 
 FAMILIES: dict[str, FamilyEntry] = {}  # name -> entry, in registration order
@@ -241,6 +248,9 @@ register_family(
 register_family(
     FamilyEntry(
         "voxcpm", "voxcpm2", "tts_lib.models.voxcpm.registry", "VoxCPM2 (OpenBMB)", config_key="architecture",
+        # a position is a patch of 4 latent frames (0.16 s) or a text token: 1024 hold about 9 utterances of 10 s
+        # (S1-mini's 4096 codec frames about 15); quick_lora then fits 24 GB and full 80 GB without checkpointing
+        default_max_tokens=1024,
         # The hub folder's files as upstream's loader reads them (either weights format; public ports of VoxCPM2
         # name model.safetensors, audiovae.pth and the tokenizer files, but the listing itself has not been seen
         # from the build machine, hence the alternatives).
@@ -277,6 +287,18 @@ def family_module(name: str):
     return importlib.import_module(FAMILIES[name].module)
 
 
+def family_name_of(folder: str | Path) -> str | None:
+    """The name of the family whose model the folder's config.json names; None when there is no config.json or
+    no family knows it (cheap: reads only config.json)."""
+    config = Path(folder) / "config.json"
+    try:
+        raw = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return next((e.name for e in FAMILIES.values() if isinstance(raw, dict) and raw.get(e.config_key) == e.model_type),
+                None)  # fmt: skip
+
+
 def load_family(folder: str | Path) -> ModelFamily:
     """The family of the checkpoint folder `folder`, from its config.json's model_type."""
     folder = Path(folder)
@@ -284,12 +306,19 @@ def load_family(folder: str | Path) -> ModelFamily:
     if not config.is_file():
         has = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else "no such folder"
         raise FileNotFoundError(f"{config} not found: a checkpoint folder has config.json; {folder} has {has}")
+    name = family_name_of(folder)
+    if name is not None:
+        return family_module(name).Family(folder)
     raw = json.loads(config.read_text(encoding="utf-8"))
-    for entry in FAMILIES.values():
-        if raw.get(entry.config_key) == entry.model_type:
-            return family_module(entry.name).Family(folder)
     known = "; ".join(f"{e.config_key} {e.model_type!r} ({e.models})" for e in FAMILIES.values())
     raise ValueError(f"{config}: model_type {raw.get('model_type')!r} is not supported; tts_lib supports {known}")
+
+
+def default_max_tokens(family: str) -> int:
+    """The max_tokens a run of `family` trains with when it leaves max_tokens unset."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; tts_lib knows {', '.join(FAMILIES)}")
+    return FAMILIES[family].default_max_tokens
 
 
 def reference_shape(family: str = "fish_speech") -> PlanningShape:

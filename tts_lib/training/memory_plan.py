@@ -1,5 +1,6 @@
 """GPU memory of a fine-tune, traced from one real training step: python -m tts_lib memory-plan --mode quick_lora
---max-tokens 4096 [--gradient-checkpointing] [--precision bf16] [--free-gib 22]   (the CLI's `memory-plan`)
+--max-tokens 4096 [--family voxcpm | --base-model FOLDER] [--gradient-checkpointing] [--precision bf16]
+[--free-gib 22]   (the CLI's `memory-plan`)
 
 No hand arithmetic: the family's model (its PlanningShape; S1-mini by default) is built on fake tensors
 (shapes, dtypes and autocast rules; no memory, no math), and the training loop's own pieces run on it:
@@ -269,11 +270,12 @@ def plan_memory(
     return _plans[key]
 
 
-def format_plan(plan: MemoryPlan) -> str:
+def format_plan(plan: MemoryPlan, model: str = "S1-mini") -> str:
+    """`model`: whose shape was traced, for the reader."""
     checkpointing = "on" if plan.gradient_checkpointing else "off"
     lines = [
         f"memory plan: {plan.mode}, max_tokens {plan.max_tokens}, {plan.precision}, "
-        f"gradient checkpointing {checkpointing} (traced, S1-mini shape)",
+        f"gradient checkpointing {checkpointing} (traced, {model} shape)",
         *(f"  {c:<12} {getattr(plan, c + '_gib'):7.2f} GiB" for c in CATEGORIES),
         f"  {'peak':<12} {plan.peak_gib:7.2f} GiB, during {plan.peak_during}",
         "not counted: CUDA context (~0.5 GiB) and allocator fragmentation; leave 10% free",
@@ -324,10 +326,20 @@ def max_tokens_for(
 
 
 def run(args: argparse.Namespace) -> int:
-    """`python -m tts_lib memory-plan` (its options are in tts_lib/cli.py)."""
-    plan = plan_memory(args.mode, args.max_tokens, args.gradient_checkpointing, args.precision)
+    """`python -m tts_lib memory-plan` (its options are in tts_lib/cli.py): the reference model of `--family`, or
+    the model of the `--base-model` folder."""
+    from tts_lib.models import FAMILIES, default_max_tokens, load_family
+
+    if args.base_model:
+        family = load_family(args.base_model)
+        shape, model, name = family.planning_shape(), str(args.base_model), family.name
+    else:
+        published = FAMILIES[args.family].published
+        shape, model, name = reference_shape(args.family), published[0].title if published else args.family, args.family
+    tokens = args.max_tokens or default_max_tokens(name)
+    plan = plan_memory(args.mode, tokens, args.gradient_checkpointing, args.precision, shape)
     if args.free_gib is not None:
-        fitting = max_tokens_for(args.mode, args.free_gib, 0.1, args.gradient_checkpointing, args.precision)
+        fitting = max_tokens_for(args.mode, args.free_gib, 0.1, args.gradient_checkpointing, args.precision, shape)
         print(f"largest max_tokens for {args.free_gib:g} GiB free (10% margin): {fitting}")
-    print(format_plan(plan))
+    print(format_plan(plan, model))
     return 0

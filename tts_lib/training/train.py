@@ -38,7 +38,7 @@ from tts_lib.training.adapters import (
     resolve_adapter,
     save_adapter,
 )
-from tts_lib.training.device import auto_max_tokens, pick_device
+from tts_lib.training.device import pick_device, resolve_max_tokens
 from tts_lib.training.ema import EMA
 from tts_lib.training.optim import clip_gradients, make_optimizer
 from tts_lib.training.schedules import make_scheduler
@@ -111,8 +111,13 @@ class TrainingLoss(nn.Module):
 
 def load_samples(family, items) -> list:
     """Each item's training sequence from its stored targets: integer codes as int64 (what embeddings index
-    with), float latents exactly as stored."""
-    return [family.build_sample(i.text, targets(np.load(i.codes))) for i in items]
+    with), float latents exactly as stored; a family that trains with a voice reference gets the item's
+    (`ref_codes`, its JSONL ref_audio) where it has one."""
+    if not family.trains_with_reference:
+        return [family.build_sample(i.text, targets(np.load(i.codes))) for i in items]
+    return [family.build_sample(i.text, targets(np.load(i.codes)),
+                                reference=targets(np.load(i.ref_codes)) if i.ref_codes else None)
+            for i in items]  # fmt: skip
 
 
 def targets(stored: np.ndarray) -> torch.Tensor:
@@ -147,14 +152,16 @@ def evaluate(model: nn.Module, family, samples, max_tokens: int, autocast) -> di
 
 
 def resolve_auto_tokens(config: TrainConfig, family, device, amp_dtype, state: dict | None, say) -> TrainConfig:
-    """`max_tokens: auto` made a number: the resumed checkpoint's (its batches must not change), else the
-    largest the GPU's free memory holds by the family's memory plan. The number is what checkpoints save."""
+    """`max_tokens` unset (the family's default) or `auto` made a number: the resumed checkpoint's (its batches
+    must not change), else the default, or the largest the GPU's free memory holds by the family's memory plan.
+    The number is what checkpoints save."""
     if state is not None:
         tokens = state[ckpt.CONFIG]["max_tokens"]
-        why = f"max_tokens auto: {tokens}, as in the checkpoint resumed"
+        why = f"max_tokens {config.max_tokens or 'unset'}: {tokens}, as in the checkpoint resumed"
     else:
         adapter = config.adapter is not None
-        tokens, why = auto_max_tokens(family, adapter, device, config.gradient_checkpointing, amp_dtype)
+        tokens, why = resolve_max_tokens(config.max_tokens, family, adapter, device, config.gradient_checkpointing,
+                                         amp_dtype)  # fmt: skip
     say(why)
     return dataclasses.replace(config, max_tokens=tokens)
 
@@ -220,7 +227,7 @@ def train(config: TrainConfig, on_metrics: Callable[[dict], None] | None = None)
     family = load_family(config.base_model)
     latest = Path(config.resume_from) if config.resume_from else ckpt.latest_checkpoint(run_dir)
     state = ckpt.load_checkpoint(latest) if latest is not None else None
-    if config.max_tokens == "auto":
+    if not isinstance(config.max_tokens, int):
         config = resolve_auto_tokens(config, family, device, amp_dtype, state, say)
     if config.adapter is not None:  # the family's recipe for what is unset: checkpoints and the adapter record it
         config = dataclasses.replace(config, adapter=resolve_adapter(config.adapter, family.module_roles))

@@ -21,9 +21,11 @@ class TrainConfig:
     manifest: str = ""  # prepared manifest (prepare_dataset + extract-codes): items with splits and codes
     run_dir: str = "runs/train"  # checkpoints, metrics.jsonl and the final model go here
     max_steps: int = 1000  # optimiser steps
-    # padded codec frames per micro-batch (the sampler's budget); "auto": on a GPU the largest the free memory
-    # holds by the memory plan (tts_lib.training.device.auto_max_tokens), on a CPU 4096; the number is saved and resumed
-    max_tokens: int | Literal["auto"] = 4096
+    # padded training positions per micro-batch (the sampler's budget; Fish Speech: codec frames, VoxCPM2: latent
+    # patches, text tokens included); None: the family's default (Fish Speech 4096, VoxCPM2 1024: a few minutes of
+    # audio each); "auto": on a GPU the largest the free memory holds by the memory plan
+    # (tts_lib.training.device.auto_max_tokens), on a CPU the family's default. The number is saved and resumed
+    max_tokens: int | Literal["auto"] | None = None
     max_items: int | None = None  # cap on items per micro-batch; None = only the token budget
     grad_accum: int = 1  # micro-batches per optimiser step
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 where supported, fp32 on CPU
@@ -52,7 +54,7 @@ class TrainConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
     def __post_init__(self) -> None:
-        if self.max_steps < 1 or self.grad_accum < 1 or (self.max_tokens != "auto" and self.max_tokens < 1):
+        if self.max_steps < 1 or self.grad_accum < 1 or (isinstance(self.max_tokens, int) and self.max_tokens < 1):
             raise ValueError("max_steps, grad_accum and max_tokens must be at least 1 (max_tokens may be \"auto\")")
         if self.init_adapter and self.adapter is None:
             raise ValueError("init_adapter continues a LoRA adapter: set adapter (r, lora_alpha, ...) too")

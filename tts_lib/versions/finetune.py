@@ -30,7 +30,7 @@ from typing import Literal
 from tts_lib.common.config_io import config_to_dict
 from tts_lib.common.errors import DataError
 from tts_lib.common.fileio import atomic_folder, atomic_write_json, default_cache_dir, read_json
-from tts_lib.data.codes_cache import extract_codes
+from tts_lib.data.codes_cache import extract_codes, extract_reference_codes
 from tts_lib.data.manifest import Item, read_manifest, write_manifest
 from tts_lib.data.prepare import prepare_dataset
 from tts_lib.data.sampler import frames_for_duration
@@ -42,7 +42,7 @@ from tts_lib.listening.plots import plot_dataset, plot_run
 from tts_lib.models import load_family
 from tts_lib.training.adapters import AdapterConfig, resolve_adapter
 from tts_lib.training.checkpoints import data_fingerprint
-from tts_lib.training.device import auto_max_tokens, pick_device
+from tts_lib.training.device import pick_device, resolve_max_tokens
 from tts_lib.training.train import choose_precision, train
 from tts_lib.training.train_config import TrainConfig
 from tts_lib.training.train_log import progress_bar
@@ -343,19 +343,21 @@ def unfinished_run(config: FinetuneConfig, out: Path, out_setting: str) -> dict:
 
 
 def resolve_auto_tokens(config: FinetuneConfig, run: dict, family) -> FinetuneConfig:
-    """`train.max_tokens: auto` made a number before the steps are planned from it: the pinned run's when
-    resuming (its batches must not change), else the largest this GPU holds by the memory plan (two_phase:
-    its full phase, the larger)."""
-    if config.train.max_tokens != "auto":
+    """`train.max_tokens` unset (the family's default) or `auto` made a number before the steps are planned from
+    it: the pinned run's when resuming (its batches must not change), else the family's default, or the largest
+    this GPU holds by the memory plan (two_phase: its full phase, the larger)."""
+    if isinstance(config.train.max_tokens, int):
         return config
     pinned = run["config"]["train"]["max_tokens"]
-    if pinned != "auto":
-        tokens, why = pinned, f"max_tokens auto: {pinned}, as pinned when this run started"
+    if isinstance(pinned, int):
+        setting = config.train.max_tokens or "unset"
+        tokens, why = pinned, f"max_tokens {setting}: {pinned}, as pinned when this run started"
     else:
         device = pick_device(config.train.device)
         amp_dtype, _ = choose_precision(config.train.precision, device)
         adapter = config.mode == "quick_lora"
-        tokens, why = auto_max_tokens(family, adapter, device, config.train.gradient_checkpointing, amp_dtype)
+        tokens, why = resolve_max_tokens(config.train.max_tokens, family, adapter, device,
+                                         config.train.gradient_checkpointing, amp_dtype)  # fmt: skip
     print(why)
     return dataclasses.replace(config, train=dataclasses.replace(config.train, max_tokens=tokens))
 
@@ -384,10 +386,16 @@ def prepare(config: FinetuneConfig, out: Path, start: parents.Start, family) -> 
         items += [i for i in read_manifest(start.manifest) if i.split == "val" and i.id not in have]
     cache = Path(config.codes_cache) if config.codes_cache else default_cache_dir() / "codes"
     device = pick_device(config.train.device)  # the training device: a GPU encodes far faster than the CPU
+    spec = family.codec_spec(device)
     with progress_bar("codes", "clip") as progress:
-        extraction = extract_codes(items, family.codec_spec(device), cache, log_every=30, progress=progress)
+        extraction = extract_codes(items, spec, cache, log_every=30, progress=progress)
     if extraction.failed:
         raise DataError(f"{config.data}: could not encode {len(extraction.failed)} clips: {extraction.failed[:3]}")
+    if family.trains_with_reference and any(i.ref_audio for i in items):  # each row's voice reference (JSONL)
+        references = extract_reference_codes(items, spec, cache, log_every=30)
+        if references.failed:
+            raise DataError(f"{config.data}: could not encode the ref_audio of {len(references.failed)} items: "
+                            f"{references.failed[:3]}")  # fmt: skip
     write_manifest(data.manifest, items)
     return data.report, items
 

@@ -32,6 +32,7 @@ PASSTHROUGH_FILES = ("tokenizer.tiktoken", "special_tokens.json", CODEC_FILE, CO
 class FishSpeechFamily:
     name = "fish_speech"
     module_roles = FishSpeechLM.module_roles  # adapter presets; the house LoRA recipe (upstream's r 8 / alpha 16)
+    trains_with_reference = False  # upstream's recipe trains on text and codes alone
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)

@@ -44,6 +44,7 @@ def loss_parts(model: torch.nn.Module, batch: dict[str, Tensor]) -> LossParts:
 class VoxCPMFamily:
     name = "voxcpm"
     module_roles = VoxCPM2Model.module_roles  # adapter presets and upstream's LoRA recipe (r 32 / alpha 32)
+    trains_with_reference = True  # a JSONL row's ref_audio goes first, [103, its patches, 104], as upstream packs it
     selection_metric = SELECTION_METRIC
 
     def __init__(self, folder: str | Path):
@@ -128,13 +129,18 @@ class VoxCPMFamily:
         samples = math.ceil(seconds * self.sample_rate - 1e-6)
         return max(1, -(-samples // step)) * self.config.patch_size
 
-    def sequence_length(self, text: str, frames: int) -> int:
-        return len(self.tokenizer().encode(text)) + 2 + -(-frames // self.config.patch_size)
+    def sequence_length(self, text: str, frames: int, reference_frames: int = 0) -> int:
+        patch = self.config.patch_size
+        reference = 2 + -(-reference_frames // patch) if reference_frames else 0
+        return len(self.tokenizer().encode(text)) + 2 + -(-frames // patch) + reference
 
-    def build_sample(self, text: str, targets: Tensor) -> Sample:
-        if not targets.is_floating_point():
-            raise TypeError(f"VoxCPM2 trains on float latents, found {targets.dtype} targets: re-extract the features")
-        return build_sample(self.tokenizer().encode(text), targets.float(), self.config.patch_size)
+    def build_sample(self, text: str, targets: Tensor, reference: Tensor | None = None) -> Sample:
+        """`reference`: the latents (D, F') of a clip in the same voice, put first and never supervised."""
+        for latents in (targets, reference):
+            if latents is not None and not latents.is_floating_point():
+                raise TypeError(f"VoxCPM2 trains on float latents, found {latents.dtype}: re-extract the features")
+        return build_sample(self.tokenizer().encode(text), targets.float(), self.config.patch_size,
+                            None if reference is None else reference.float())  # fmt: skip
 
     collate = staticmethod(collate)
 

@@ -2,11 +2,11 @@
 
     latents = generate(model, tokenizer.encode("Hyvää huomenta"), max_patches=200, seed=0)  # (D, F)
 
-Each step runs the model over the sequence so far plus one empty audio position, reads that position's
-conditioning (the LMs' states after the last patch), draws the next patch with the flow-matching sampler
-(classifier-free guidance) conditioned on the previous patch, and stops after a patch the stop head marks as the
-last. Deterministic under a seed. Not KV-cached yet: each step recomputes the whole sequence (fine for listening to
-a few sentences; a long-form server would cache).
+The reference and the text run through both LMs once, filling their KV caches; then each step draws the next
+patch with the flow-matching sampler (classifier-free guidance), conditioned on the LMs' states after the last
+position and on the previous patch, and feeds that patch back as one new position (the caches grow by one). It
+stops after a patch the stop head marks as the last. Deterministic under a seed.
+tests/models/test_voxcpm_family.py checks that the cached states are the full sequence's.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from tts_lib.models.voxcpm.flow import sample_patch
+from tts_lib.models.voxcpm.minicpm import KVCache
 from tts_lib.models.voxcpm.model import AUDIO_START, REF_END, REF_START, VoxCPM2Model
 from tts_lib.models.voxcpm.samples import patches
 
@@ -36,26 +37,26 @@ def generate(
     tokens += list(text_ids) + [AUDIO_START]
     feats.append(torch.zeros(len(text_ids) + 1, p, d))
     is_text += [1.0] * (len(text_ids) + 1)
-    tokens_t = torch.tensor(tokens, device=param.device)
-    feats_t = torch.cat(feats).to(param)
-    text_mask = torch.tensor(is_text, device=param.device, dtype=param.dtype)
+    tokens_t = torch.tensor(tokens, device=param.device)[None]  # (1, T)
+    feats_t = torch.cat(feats).to(param)[None]  # (1, T, P, D)
+    text_mask = torch.tensor(is_text, device=param.device, dtype=param.dtype)[None]
+    caches = (KVCache(), KVCache())
+    lm_out, residual = model.position_states(tokens_t, text_mask, feats_t, 1 - text_mask, caches)
     generator = torch.Generator(device=param.device).manual_seed(seed)
+    previous = torch.zeros(1, d, p, device=param.device, dtype=param.dtype)  # right after the text, as in training
+    one_audio = torch.ones(1, 1, device=param.device, dtype=param.dtype)
     made = []
     for step in range(max_patches):
-        # one more audio position: its conditioning is what the model says after the last one
-        tokens_in = torch.cat([tokens_t, torch.zeros(1, dtype=tokens_t.dtype, device=param.device)])
-        feats_in = torch.cat([feats_t, torch.zeros(1, p, d, device=param.device, dtype=param.dtype)])
-        text_in = torch.cat([text_mask, torch.zeros(1, device=param.device, dtype=param.dtype)])
-        lm_hidden, _, condition = model.hidden_states(tokens_in[None], text_in[None], feats_in[None],
-                                                      (1 - text_in)[None])  # fmt: skip
-        previous = feats_t[-1].T[None]  # (1, D, P): zeros right after the text, as in training
-        estimator = model.feat_decoder.estimator
-        patch = sample_patch(estimator, condition[:, -1], previous, p, steps, cfg, generator=generator)
+        condition = model.dit_condition(lm_out[:, -1], residual[:, -1])  # what follows the last position
+        patch = sample_patch(model.feat_decoder.estimator, condition, previous, p, steps, cfg, generator=generator)
         made.append(patch[0].T)  # (P, D)
-        tokens_t, feats_t, text_mask = tokens_in, torch.cat([feats_t, patch[0].T[None]]), text_in
-        stop = model.stop_logits(lm_hidden[:, -1]).argmax(-1).item() == 1
+        stop = model.stop_logits(lm_out[:, -1]).argmax(-1).item() == 1
         if stop and step + 1 >= min_patches:
             break
+        previous = patch  # (1, D, P)
+        no_text = torch.zeros(1, 1, dtype=tokens_t.dtype, device=param.device)
+        lm_out, residual = model.position_states(no_text, 1 - one_audio, patch.transpose(1, 2)[:, None], one_audio,
+                                                 caches)  # fmt: skip
     if not made:
         return torch.zeros(d, 0)
     return torch.cat(made).T.float().cpu()  # (D, patches * P)

@@ -1,8 +1,10 @@
 """MiniCPM-4, the transformer behind every part of VoxCPM2: the base LM, the residual LM, the local encoder and the
 local DiT are all this class at different sizes.
 
-    from tts_lib.models.voxcpm.minicpm import MiniCPM
+    from tts_lib.models.voxcpm.minicpm import KVCache, MiniCPM
     hidden = MiniCPM(config.lm_config)(embeddings, causal=True)  # (B, T, hidden_size)
+    cache = KVCache()  # generation: the prefix once, then one position at a time
+    hidden = lm(prefix, cache=cache); hidden = lm(next_position, cache=cache)
 
 Llama-style pre-norm blocks (RMSNorm, grouped-query attention through SDPA, SwiGLU), "LongRoPE" rotary tables, and
 muP's scaling: each residual branch is multiplied by scale_depth / sqrt(num_hidden_layers). Parameter names are
@@ -57,6 +59,24 @@ def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return (x32 * cos + rotated * sin).to(x.dtype)
 
 
+class KVCache:
+    """Each layer's keys and values of the positions seen so far (generation): (B, kv_heads, T, head_dim) each."""
+
+    def __init__(self):
+        self.layers: dict[int, tuple[Tensor, Tensor]] = {}
+
+    def seen(self, layer: int = 0) -> int:
+        """Positions cached for `layer` (every layer has the same between forwards)."""
+        return self.layers[layer][0].shape[2] if layer in self.layers else 0
+
+    def extend(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        if layer in self.layers:
+            old_k, old_v = self.layers[layer]
+            k, v = torch.cat((old_k, k), dim=2), torch.cat((old_v, v), dim=2)
+        self.layers[layer] = (k, v)
+        return k, v
+
+
 class Attention(nn.Module):
     def __init__(self, config: LMConfig):
         super().__init__()
@@ -67,15 +87,25 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, self.kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.heads * self.head_dim, config.hidden_size, bias=False)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, causal: bool) -> Tensor:
+    def forward(
+        self, x: Tensor, rope: tuple[Tensor, Tensor] | None, causal: bool, cache: tuple[KVCache, int] | None = None
+    ) -> Tensor:
+        """`cache`: (the cache, this layer's index): x holds the positions after the cached ones."""
         b, t, _ = x.shape  # (B, T, hidden)
         q = self.q_proj(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)  # (B, heads, T, head_dim)
         k = self.k_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
         if rope is not None:
             q, k = rotate(q, *rope), rotate(k, *rope)
-        out = F.scaled_dot_product_attention(q.contiguous(), k.contiguous(), v.contiguous(), is_causal=causal,
-                                             enable_gqa=True)  # fmt: skip
+        seen = 0
+        if cache is not None:
+            seen = cache[0].seen(cache[1])
+            k, v = cache[0].extend(cache[1], k, v)
+        if causal and seen and t > 1:
+            raise ValueError("a cached forward takes one position at a time after the prefix")
+        # one new position after cached ones sees them all: causal needs no mask there
+        out = F.scaled_dot_product_attention(q.contiguous(), k.contiguous(), v.contiguous(),
+                                             is_causal=causal and not seen, enable_gqa=True)  # fmt: skip
         return self.o_proj(out.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
 
 
@@ -99,8 +129,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.branch_scale = config.scale_depth / math.sqrt(config.num_hidden_layers) if config.use_mup else 1.0
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, causal: bool) -> Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), rope, causal) * self.branch_scale
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, causal: bool, cache=None) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), rope, causal, cache) * self.branch_scale
         return x + self.mlp(self.post_attention_layernorm(x)) * self.branch_scale
 
 
@@ -120,13 +150,15 @@ class MiniCPM(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
-    def forward(self, x: Tensor, causal: bool = True) -> Tensor:
-        """x (B, T, hidden_size) input vectors -> (B, T, hidden_size), after the final norm."""
-        t = x.shape[1]
-        rope = None if self.config.no_rope else (self.rope_cos[:t], self.rope_sin[:t])
-        for layer in self.layers:
+    def forward(self, x: Tensor, causal: bool = True, cache: KVCache | None = None) -> Tensor:
+        """x (B, T, hidden_size) input vectors -> (B, T, hidden_size), after the final norm. With `cache`, x holds
+        the positions after the cached ones (the prefix, then one at a time), and the cache grows by them."""
+        start = cache.seen() if cache is not None else 0
+        end = start + x.shape[1]
+        rope = None if self.config.no_rope else (self.rope_cos[start:end], self.rope_sin[start:end])
+        for index, layer in enumerate(self.layers):
             if self.gradient_checkpointing and self.training:
                 x = checkpoint(layer, x, rope, causal, use_reentrant=False)
             else:
-                x = layer(x, rope, causal)
+                x = layer(x, rope, causal, None if cache is None else (cache, index))
         return self.norm(x)

@@ -37,7 +37,7 @@ from tts_lib.models.voxcpm.checkpoint import (
 from tts_lib.models.voxcpm.config import VoxCPM2Config
 from tts_lib.models.voxcpm.flow import flow_loss
 from tts_lib.models.voxcpm.local import FlowDecoder, LocalEncoder, ScalarQuantizer
-from tts_lib.models.voxcpm.minicpm import MiniCPM
+from tts_lib.models.voxcpm.minicpm import KVCache, MiniCPM
 
 AUDIO_START, AUDIO_END, REF_START, REF_END = 101, 102, 103, 104  # special text tokens around audio segments
 # Adapter targets (peft regexes over full module names). "upstream": the official recipe's LoRA, q/k/v/o of both LMs
@@ -131,21 +131,35 @@ class VoxCPM2Model(nn.Module):
     def embedding_scale(self) -> float:
         return self.config.lm_config.scale_emb if self.config.lm_config.use_mup else 1.0
 
+    def position_states(
+        self, text_tokens: Tensor, text_mask: Tensor, audio_feats: Tensor, audio_mask: Tensor,
+        caches: tuple[KVCache, KVCache] | None = None,
+    ) -> tuple[Tensor, Tensor]:  # fmt: skip
+        """(lm_out, residual): each position's base-LM (quantised on audio positions) and residual-LM outputs, what
+        predicts the position after it. text_tokens (B, T) long, masks (B, T) float, audio_feats (B, T, P, D) ->
+        (B, T, H) twice. `caches` (base LM's, residual LM's), for generation: the positions follow the cached ones."""
+        base_cache, residual_cache = caches if caches is not None else (None, None)
+        feat_embed = self.enc_to_lm_proj(self.feat_encoder(audio_feats))  # (B, T, H)
+        text_embed = self.base_lm.embed_tokens(text_tokens) * self.embedding_scale
+        text_mask, audio_mask = text_mask.unsqueeze(-1), audio_mask.unsqueeze(-1)
+        lm_out = self.base_lm(text_mask * text_embed + audio_mask * feat_embed, causal=True, cache=base_cache)
+        lm_out = self.fsq_layer(lm_out) * audio_mask + lm_out * text_mask
+        fused = self.fusion_concat_proj(torch.cat((lm_out, audio_mask * feat_embed), dim=-1))
+        return lm_out, self.residual_lm(fused, causal=True, cache=residual_cache)
+
+    def dit_condition(self, lm_hidden: Tensor, residual_hidden: Tensor) -> Tensor:
+        """(..., H) twice -> (..., 2 * dit hidden): what the DiT draws a patch under."""
+        return torch.cat((self.lm_to_dit_proj(lm_hidden), self.res_to_dit_proj(residual_hidden)), dim=-1)
+
     def hidden_states(
         self, text_tokens: Tensor, text_mask: Tensor, audio_feats: Tensor, audio_mask: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
         """(lm_hidden, residual_hidden, dit_condition): what predicts each position, from the positions before it.
         text_tokens (B, T) long, masks (B, T) float, audio_feats (B, T, P, D) -> (B, T, H), (B, T, H),
         (B, T, 2 * dit hidden)."""
-        feat_embed = self.enc_to_lm_proj(self.feat_encoder(audio_feats))  # (B, T, H)
-        text_embed = self.base_lm.embed_tokens(text_tokens) * self.embedding_scale
-        text_mask, audio_mask = text_mask.unsqueeze(-1), audio_mask.unsqueeze(-1)
-        lm_out = self.base_lm(text_mask * text_embed + audio_mask * feat_embed, causal=True)
-        lm_out = self.fsq_layer(lm_out) * audio_mask + lm_out * text_mask
-        residual = self.residual_lm(self.fusion_concat_proj(torch.cat((lm_out, audio_mask * feat_embed), dim=-1)))
+        lm_out, residual = self.position_states(text_tokens, text_mask, audio_feats, audio_mask)
         lm_hidden, residual_hidden = shift_right(lm_out), shift_right(residual)
-        condition = torch.cat((self.lm_to_dit_proj(lm_hidden), self.res_to_dit_proj(residual_hidden)), dim=-1)
-        return lm_hidden, residual_hidden, condition
+        return lm_hidden, residual_hidden, self.dit_condition(lm_hidden, residual_hidden)
 
     def stop_logits(self, lm_hidden: Tensor) -> Tensor:
         """(B, T, H) -> (B, T, 2): logit 1 says the audio ends after this position."""
