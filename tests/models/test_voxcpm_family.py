@@ -1,6 +1,6 @@
 """VoxCPM2 through the whole pipeline on the tiny random checkpoint: the family's data, loss and generation, then
-quick_lora (upstream's LoRA preset), full and two_phase from the CLI and an incremental run, with exports that
-upstream's own loader reads with every key."""
+quick_lora (the family's recipe: upstream's LoRA preset), full and two_phase from the CLI, an incremental run and
+an exact resume, with exports that upstream's own loader reads with every key."""
 
 import json
 import shutil
@@ -231,3 +231,33 @@ def test_jsonl_ref_audio_is_the_voice_reference_of_its_training_sequence(world, 
             assert sample.loss_mask[: patches + 2].sum() == 0 and sample.audio_mask[1 : patches + 1].all()
             assert sample.length == family.sequence_length(item.text, np.load(item.codes).shape[1],
                                                            np.load(item.ref_codes).shape[1])  # fmt: skip
+
+
+def test_an_incremental_run_continues_the_adapter_and_checks_forgetting_on_val_diff_loss(world, lora):
+    more = world["root"] / "more-data"
+    shutil.copytree(world["data"], more)
+    copy_clips(more, "fi_male", range(5, 8))  # new items beside the parent's
+    v2 = finetune(world, "lora-v2", "--parent", str(world["root"] / "runs" / "lora"), "--data", str(more),
+                  "--no-package")  # fmt: skip
+    meta = read_metadata(world["root"] / "runs" / "lora-v2")
+    assert meta["parent"]["version"] == "lora" and meta["hyperparameters"]["lora_lr"] == pytest.approx(1e-5)
+    assert v2["forgetting"]["metric"] == "val_diff_loss" and v2["forgetting"]["old_data"]["before"] > 0
+
+
+def test_an_interrupted_voxcpm2_run_resumes_to_the_same_weights(world, lora, tmp_path):
+    """The flow-matching loss draws noise and timesteps every step: a resume must restore where the draws were."""
+    from tts_lib.training.adapters import AdapterConfig
+    from tts_lib.training.train import train
+    from tts_lib.training.train_config import TrainConfig
+
+    def run(run_dir, steps):
+        return train(TrainConfig(base_model=str(world["base"]), run_dir=str(run_dir), max_steps=steps,
+                                 manifest=str(world["root"] / "runs" / "lora" / "data" / "manifest.jsonl"),
+                                 max_tokens=256, val_every=2, save_every=2, adapter=AdapterConfig()))  # fmt: skip
+
+    run(tmp_path / "straight", 4)
+    run(tmp_path / "resumed", 2)
+    assert run(tmp_path / "resumed", 4).step == 4
+    name = "checkpoints/step_00000004/trainable.safetensors"
+    a, b = load_file(tmp_path / "straight" / name), load_file(tmp_path / "resumed" / name)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
