@@ -220,11 +220,13 @@ case "$TRAINING_MODE" in
   full) NEED_VRAM_GB=36; NEED_DISK_GB=100 ;;
   *) echo "TRAINING_MODE must be quick_lora, two_phase or full, found '$TRAINING_MODE'"; exit 2 ;;
 esac
-if [ "$MODEL_NAME" = "voxcpm2" ]; then  # VoxCPM2's own plan, at its default max_tokens 1024 (memory_needs.json)
+# VoxCPM2's own plan, at its default max_tokens 1024 (memory_needs.json); its full checkpoints are 2.3 B parameters
+# x 12 bytes (fp32 weights and two Adam moments), about 28 GB each, four of them kept (3 resumable + the best)
+if [ "$MODEL_NAME" = "voxcpm2" ]; then
   case "$TRAINING_MODE" in
     quick_lora) NEED_VRAM_GB=16 ;;
-    two_phase) NEED_VRAM_GB=63 ;;
-    full) NEED_VRAM_GB=63 ;;
+    two_phase) NEED_VRAM_GB=63; NEED_DISK_GB=150 ;;
+    full) NEED_VRAM_GB=63; NEED_DISK_GB=150 ;;
   esac
 fi
 if [ "$DEMO" = "1" ]; then

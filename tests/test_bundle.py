@@ -87,7 +87,7 @@ def test_setup_sh_checks_voxcpm2_against_its_own_plan():
     setup = (ROOT / "setup.sh").read_text()
     block = setup.split('if [ "$MODEL_NAME" = "voxcpm2" ]; then', 1)[1].split("fi\n", 1)[0]
     for mode in memory_needs.MODES:
-        line = f"{mode}) NEED_VRAM_GB={math.ceil(memory_needs.need_gib(mode, family='voxcpm'))} ;;"
+        line = f"{mode}) NEED_VRAM_GB={math.ceil(memory_needs.need_gib(mode, family='voxcpm'))}"
         assert line in block, (line, "run python benchmarks/memory_table.py --write and copy the figure")
 
 
