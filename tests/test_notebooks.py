@@ -276,3 +276,12 @@ def test_the_notebook_fine_tunes_voxcpm2_too(tmp_path, monkeypatch):
     wavs = sorted((tmp_path / "P" / "v1" / "listen" / "after").glob("*.wav"))
     assert results["metrics"]["lora"]["best_val_diff_loss"] > 0 and wavs
     assert sf.info(wavs[0]).samplerate == 48000
+    # and inference.ipynb over that project: the version hot-swapped on the loaded base, a reference voice
+    reference = DEMO / "fi_male" / "fi_male_001.flac"
+    out = tmp_path / "listen"
+    log = execute("inference.ipynb", tmp_path / "inference.ipynb", project=str(tmp_path / "P"), versions="v1",
+                  output_dir=str(out), max_new_tokens=16, reference_audio=str(reference),
+                  reference_text=reference.with_suffix(".lab").read_text())  # fmt: skip
+    r = json.loads((out / "results.json").read_text())
+    assert set(r["wavs"]) == {"base", "v1"} and "v1: adapter" in log
+    assert all(sf.info(out / paths[0]).samplerate == 48000 for paths in r["wavs"].values())
