@@ -50,7 +50,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--max-tokens", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
     parser.add_argument("--family", nargs="+", choices=list(FAMILIES), default=list(FAMILIES),
-                        help="the families to trace (default: all); the others keep their stored plans")
+                        help="the families to trace (default: all); the others keep their stored plans")  # fmt: skip
     parser.add_argument("--write", action="store_true",
                         help="update memory_needs.json and the generated blocks of README.md, docs/benchmarks.md, "
                         "launchable.yaml")  # fmt: skip

@@ -33,6 +33,7 @@ SIDECAR = "tts_adapter.json"
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
 
+
 @dataclass
 class AdapterConfig:
     """r, lora_alpha, lora_dropout and targets left unset (None) are the model family's recipe (its

@@ -88,7 +88,7 @@ def readme_block(table: dict[str, GpuInfo] = GPU_TABLE) -> str:
         README_BEGIN,
         f"Computed, not measured: counted FLOPs at an assumed {ASSUMED_MFU:.0%} of each GPU's dense bf16 TFLOPs "
         f"(MFU), {AUDIO_HOURS} h of audio (two_phase: then {SPEAKER_HOURS} h of one speaker), the recommended "
-        "steps at the family's default max_tokens; training only. \"-\": the mode does not fit that GPU without "
+        'steps at the family\'s default max_tokens; training only. "-": the mode does not fit that GPU without '
         "gradient checkpointing.",
         "",
         "| model | mode | max_tokens | steps | " + " | ".join(SHOWN_GPUS) + " |",
