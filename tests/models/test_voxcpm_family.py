@@ -261,3 +261,18 @@ def test_an_interrupted_voxcpm2_run_resumes_to_the_same_weights(world, lora, tmp
     name = "checkpoints/step_00000004/trainable.safetensors"
     a, b = load_file(tmp_path / "straight" / name), load_file(tmp_path / "resumed" / name)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(("mode", "precision"), [("quick_lora", "bf16"), ("full", "fp16")])
+def test_the_gpu_precisions_train_and_export_under_cpu_autocast(world, mode, precision):
+    """A GPU run's paths on the CPU: bf16 autocast with the frozen base in bf16 (quick_lora), fp16 autocast with
+    loss scaling (full): finite losses, the adapter kept in fp32, and a verified export."""
+    name = f"{mode}-{precision}"
+    results = finetune(world, name, "--mode", mode, "--no-package", "--set", f"train.precision={precision}")
+    out = world["root"] / "runs" / name
+    rows = [json.loads(line) for line in next(out.rglob("metrics.jsonl")).read_text().splitlines()]
+    assert rows and all(np.isfinite(r["loss"]) for r in rows) and np.isfinite(rows[-1]["val_diff_loss"])
+    if mode == "quick_lora":
+        adapter = load_file(out / results["adapter_dir"] / "adapter_model.safetensors")
+        assert adapter and all(t.dtype == torch.float32 for t in adapter.values())
+    assert VoxCPM2Model.from_pretrained(out / results["merged_dir"]).stop_head.weight.isfinite().all()
