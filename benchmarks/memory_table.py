@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 
 from tts_lib.common.fileio import atomic_write_text
-from tts_lib.models import FAMILIES, reference_shape
+from tts_lib.models import FAMILIES, reference_model, reference_shape
 from tts_lib.training import memory_needs
 from tts_lib.training.flops import flops_per_token
 from tts_lib.training.memory_plan import plan_memory
@@ -62,7 +62,7 @@ def main() -> None:
             print(json.dumps(traced, indent=1))
             return
         kept = memory_needs.stored()["families"] if memory_needs.NEEDS_FILE.is_file() else {}
-        plans = {family: {"model": FAMILIES[family].published[0].title, "rows": traced[family]} if family in traced
+        plans = {family: {"model": reference_model(family).title, "rows": traced[family]} if family in traced
                  else kept[family] for family in FAMILIES if family in traced or family in kept}  # fmt: skip
         data = {"generated_by": "python benchmarks/memory_table.py --write",
                 "what": "tts_lib.training.memory_plan traced at each family's reference shape on fake tensors, "

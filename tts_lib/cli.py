@@ -130,7 +130,7 @@ def cmd_extract_codes(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             progress=lambda done, total: bar.update(done - bar.n),
         )
-    if family.trains_with_reference and any(i.ref_audio for i in items):  # the rows' voice references too
+    if family.trains_with_reference:  # the rows' voice references (JSONL ref_audio) too
         references = extract_reference_codes(items, family.codec_spec(device), args.cache_dir,
                                              batch_size=args.batch_size)  # fmt: skip
         summary.failed += references.failed

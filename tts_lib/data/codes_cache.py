@@ -148,6 +148,8 @@ def extract_reference_codes(items: list[Item], spec: CodecSpec, cache_dir: str |
     for item in items:
         if item.ref_audio:
             clips.setdefault(item.ref_audio, Item(f"ref_audio of {item.id}", item.ref_audio, "", item.speaker))
+    if not clips:  # no row names a reference: nothing to encode or say
+        return ExtractionSummary()
     summary = extract_codes(list(clips.values()), spec, cache_dir, **options)
     why = dict(summary.failed)  # clip id -> reason
     summary.failed = [(item.id, why[clips[item.ref_audio].id]) for item in items
@@ -164,5 +166,3 @@ def estimate_line(first_audio_s: float, first_s: float, total_audio_s: float) ->
     seconds = first_s * total_audio_s / first_audio_s
     return (f"codes: about {seconds / 60:.1f} min for all of it, at the first batch's rate "
             f"({first_audio_s / first_s:.1f} s of audio per second)")  # fmt: skip
-
-

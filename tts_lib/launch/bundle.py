@@ -30,7 +30,7 @@ from pathlib import Path
 
 import tts_lib
 from tts_lib.common.errors import MissingInputError, SettingError
-from tts_lib.models import FAMILIES, family_name_of, published_model, published_models, refused_models
+from tts_lib.models import family_name_of, published_model, published_models, reference_model, refused_models
 
 SETUP_FILE = ".setup-ready"  # written by setup.sh when it finishes: key=value lines, paths relative to the root
 MODES = ("quick_lora", "two_phase", "full")
@@ -183,9 +183,7 @@ class Run:
         """The announcement at the top of a demo run: what it is, and what to do for the real model (the released
         model of the demo folder's family: a gated one needs its licence and HF_TOKEN, an open one only setup.sh)."""
         why = f" setup.sh ran in demo mode: {self.setup['reason']}." if self.setup.get("reason") else ""
-        family = family_name_of(self.base_folder)
-        released = FAMILIES[family].published if family in FAMILIES else ()
-        real = released[0] if released else DEFAULT_MODEL
+        real = reference_model(family_name_of(self.base_folder) or "") or DEFAULT_MODEL
         lines = [
             f"THIS IS THE RANDOM DEMO MODEL ({self.base_folder.name}).",
             "Its weights are random: everything it generates is noise. The run shows every step and",

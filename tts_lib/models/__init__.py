@@ -270,6 +270,13 @@ def published_models() -> list[PublishedModel]:
     return [model for entry in FAMILIES.values() for model in entry.published]
 
 
+def reference_model(family: str) -> PublishedModel | None:
+    """The released checkpoint a family is mostly fine-tuned from (its first published; reference_shape plans it),
+    or None for a family that has released none (the toy family of the tests)."""
+    entry = FAMILIES.get(family)
+    return entry.published[0] if entry and entry.published else None
+
+
 def published_model(name: str) -> PublishedModel | None:
     """The released checkpoint called `name` (its base-model name or its repository), else None."""
     return next((m for m in published_models() if name in (m.name, m.repo)), None)

@@ -328,14 +328,14 @@ def max_tokens_for(
 def run(args: argparse.Namespace) -> int:
     """`python -m tts_lib memory-plan` (its options are in tts_lib/cli.py): the reference model of `--family`, or
     the model of the `--base-model` folder."""
-    from tts_lib.models import FAMILIES, default_max_tokens, load_family
+    from tts_lib.models import default_max_tokens, load_family, reference_model
 
     if args.base_model:
         family = load_family(args.base_model)
         shape, model, name = family.planning_shape(), str(args.base_model), family.name
     else:
-        published = FAMILIES[args.family].published
-        shape, model, name = reference_shape(args.family), published[0].title if published else args.family, args.family
+        released = reference_model(args.family)
+        shape, model, name = reference_shape(args.family), released.title if released else args.family, args.family
     tokens = args.max_tokens or default_max_tokens(name)
     plan = plan_memory(args.mode, tokens, args.gradient_checkpointing, args.precision, shape)
     if args.free_gib is not None:

@@ -391,7 +391,7 @@ def prepare(config: FinetuneConfig, out: Path, start: parents.Start, family) -> 
         extraction = extract_codes(items, spec, cache, log_every=30, progress=progress)
     if extraction.failed:
         raise DataError(f"{config.data}: could not encode {len(extraction.failed)} clips: {extraction.failed[:3]}")
-    if family.trains_with_reference and any(i.ref_audio for i in items):  # each row's voice reference (JSONL)
+    if family.trains_with_reference:  # each row's voice reference (JSONL ref_audio), where it has one
         references = extract_reference_codes(items, spec, cache, log_every=30)
         if references.failed:
             raise DataError(f"{config.data}: could not encode the ref_audio of {len(references.failed)} items: "
